@@ -1,0 +1,66 @@
+# recall2imagine: `make train` trains the default job, `make test` runs the tests.
+# Both first run `make install`, which is fast once the virtual environment is current.
+#
+#   make train ARGS="--run.steps 2000"            extra flags after the default job's
+#   make train TRAIN_ARGS="--configs bsuite cpu"  replace the default job's flags
+#   make test PYTEST_ARGS="-k config -x"          extra pytest arguments
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev/null)
+INSTALL_STAMP := $(VENV)/.r2i-installed
+APT_FAILED_STAMP := $(VENV)/.r2i-apt-failed
+# Headless rendering (EGL / OSMesa / GLFW) for Memory Maze.
+APT_PACKAGES := libegl1 libgl1 libosmesa6 libglfw3 libgl1-mesa-dri
+
+TRAIN_ARGS ?= --configs popgym cpu --task gym_popgym:popgym-RepeatPreviousEasy-v0 --logdir logdir/default
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install python-deps system-deps train test
+
+install: python-deps system-deps
+
+# Creates the venv when missing; reinstalls when pyproject.toml or the Python version changed
+# (the stamp holds their hash, so fresh checkouts with new file times do not reinstall).
+python-deps:
+	@set -e; \
+	if [ ! -x "$(PY)" ]; then \
+	  if [ -z "$(PYTHON)" ]; then echo "error: python3.11 or python3 not found; install Python >= 3.11" >&2; exit 1; fi; \
+	  echo "creating $(VENV) with $(PYTHON)"; \
+	  "$(PYTHON)" -m venv "$(VENV)"; \
+	fi; \
+	want="$$(cat pyproject.toml | sha256sum | cut -d' ' -f1) $$("$(PY)" -c 'import sys; print(sys.version.split()[0])')"; \
+	if [ -f "$(INSTALL_STAMP)" ] && [ "$$(cat "$(INSTALL_STAMP)")" = "$$want" ]; then exit 0; fi; \
+	"$(PY)" -m pip install -q --upgrade pip || echo "warning: could not upgrade pip; continuing"; \
+	"$(PY)" -m pip install -e .; \
+	echo "$$want" > "$(INSTALL_STAMP)"
+
+# Installs missing Debian libraries with apt-get when root or passwordless sudo is available.
+# Never fails: without apt, permissions or network it prints a warning.
+system-deps:
+	@missing=""; \
+	if ! command -v dpkg-query >/dev/null 2>&1; then \
+	  echo "note: not a Debian system; make sure $(APT_PACKAGES) (or equivalents) are installed to render Memory Maze"; exit 0; \
+	fi; \
+	for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ -f "$(APT_FAILED_STAMP)" ]; then \
+	  echo "warning: missing$$missing (apt-get failed before; delete $(APT_FAILED_STAMP) to retry)"; exit 0; \
+	fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then echo "warning: missing$$missing and no apt-get; Memory Maze rendering may fail"; exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	else echo "warning: missing$$missing; run: sudo apt-get install$$missing (needed only to render Memory Maze)"; exit 0; fi; \
+	echo "installing$$missing with apt-get"; \
+	if $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; then :; \
+	else echo "warning: apt-get could not install$$missing; Memory Maze rendering may fail"; mkdir -p "$(VENV)"; touch "$(APT_FAILED_STAMP)"; fi
+
+train: install
+	$(PY) -m recall2imagine.train $(TRAIN_ARGS) $(ARGS)
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -1,0 +1,327 @@
+"""R2I agent: world model + actor-critic in imagination, as pure functions over a state pytree.
+
+Data flow of one update (spec section 5):
+  replay batch [B, T] -> world-model loss (observe, heads, KL) -> model_opt step
+  -> posterior states [B*T] -> imagine `imag_horizon` steps with the actor
+  -> lambda-returns (fast critic) -> actor step -> critic step -> slow critic EMA.
+"""
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from recall2imagine.nets import dists
+from recall2imagine.nets.heads import VectorDecoder, VectorEncoder, select_keys
+from recall2imagine.nets.layers import MLP, feature_size, features
+from recall2imagine.nets.rssm import RSSM
+
+sg = jax.lax.stop_gradient
+SSM_LEAVES = ("Lambda_re", "Lambda_im", "B", "C", "D", "log_step")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+class WorldModel(eqx.Module):
+    encoder: VectorEncoder
+    rssm: RSSM
+    decoder: VectorDecoder
+    reward: MLP
+    cont: MLP
+
+    def __init__(self, cfg, obs_space, act_dim, parallel, *, key):
+        ks = jax.random.split(key, 5)
+        e, d = cfg.encoder, cfg.decoder
+        keys = select_keys(obs_space, e.mlp_keys, e.cnn_keys)
+        dec_keys = select_keys(obs_space, d.mlp_keys, d.cnn_keys)
+        dim = lambda ks_: sum(int(np.prod(obs_space[k][0])) for k in ks_)
+        self.encoder = VectorEncoder(keys, dim(keys), e.mlp_layers, e.mlp_units, e.symlog_inputs, key=ks[0])
+        self.rssm = RSSM(cfg, e.mlp_units, act_dim, parallel, key=ks[1])
+        fs = lambda inputs: feature_size(inputs, cfg.rssm.deter, cfg.rssm.stoch, cfg.rssm.classes,
+                                         self.rssm.stack.state_shape)
+        self.decoder = VectorDecoder(dec_keys, fs(d.inputs), dim(dec_keys), d.mlp_layers, d.mlp_units, key=ks[2])
+        r, c = cfg.reward_head, cfg.cont_head
+        self.reward = MLP(fs(r.inputs), r.layers, r.units, r.bins, key=ks[3], outscale=r.outscale)
+        self.cont = MLP(fs(c.inputs), c.layers, c.units, 1, key=ks[4], outscale=c.outscale)
+
+
+class AgentState(NamedTuple):
+    wm: WorldModel
+    actor: MLP
+    critic: MLP
+    slow_critic: MLP
+    wm_opt: optax.OptState
+    actor_opt: optax.OptState
+    critic_opt: optax.OptState
+    retnorm: jax.Array  # [2] EMAs of the 5th and 95th return percentiles
+    updates: jax.Array  # [] number of updates done
+
+
+def _adam(lr, eps, clip, wd=0.0, wd_mask=None):
+    """clip by global norm -> Adam -> decoupled weight decay on kernels -> scale by -lr."""
+    parts = [optax.clip_by_global_norm(clip), optax.scale_by_adam(eps=eps)]
+    if wd:
+        parts.append(optax.add_decayed_weights(wd, mask=wd_mask))
+    parts.append(optax.scale(-lr))
+    return optax.chain(*parts)
+
+
+def _leaf_name(path):
+    last = path[-1]
+    return getattr(last, "name", getattr(last, "key", str(last)))
+
+
+def param_labels(tree):
+    """'ssm' for the S5 leaves inside the sequence model, 'rest' otherwise (spec 4.9)."""
+    def label(path, _):
+        names = [str(getattr(p, "name", getattr(p, "key", p))) for p in path]
+        return "ssm" if "stack" in names and _leaf_name(path) in SSM_LEAVES else "rest"
+    return jax.tree_util.tree_map_with_path(label, tree)
+
+
+def kernel_mask(tree):
+    """Weight decay applies to dense kernels only (leaf `w` of our Linear, `weight` of eqx.nn)."""
+    return jax.tree_util.tree_map_with_path(lambda p, _: _leaf_name(p) in ("w", "weight"), tree)
+
+
+class Agent:
+    """Holds the static structure (config, optimisers, jitted functions); state is a pytree."""
+
+    def __init__(self, cfg, obs_space, act_space, key):
+        self.cfg = cfg
+        self.discrete = act_space.discrete
+        self.act_dim = act_space.n
+        self.dtype = DTYPES[cfg.jax.precision]
+        parallel = {"auto": jax.default_backend() != "cpu", "True": True, "False": False}
+        if str(cfg.ssm.parallel) not in parallel:
+            raise ValueError(f"ssm.parallel must be auto, True or False, got {cfg.ssm.parallel!r}")
+        parallel = parallel[str(cfg.ssm.parallel)]
+        k_wm, k_actor, k_critic = jax.random.split(key, 3)
+        wm = WorldModel(cfg, obs_space, self.act_dim, parallel, key=k_wm)
+        fs = lambda inputs: feature_size(inputs, cfg.rssm.deter, cfg.rssm.stoch, cfg.rssm.classes,
+                                         wm.rssm.stack.state_shape)
+        a, c = cfg.actor, cfg.critic
+        actor_out = self.act_dim if self.discrete else 2 * self.act_dim
+        actor = MLP(fs(a.inputs), a.layers, a.units, actor_out, key=k_actor)
+        critic = MLP(fs(c.inputs), c.layers, c.units, c.bins, key=k_critic, outscale=c.outscale)
+        self.bins = dists.twohot_bins(c.bins)
+        wm_params = eqx.filter(wm, eqx.is_array)
+        m, a, c = cfg.model_opt, cfg.actor_opt, cfg.critic_opt
+        # the S5 leaves form their own group: own lr, own global-norm clip, no weight decay
+        self.labels = param_labels(wm_params)
+        self.wm_opt = optax.multi_transform(
+            {"rest": _adam(m.lr, m.eps, m.clip, m.wd, kernel_mask), "ssm": _adam(m.ssm_lr, m.eps, m.clip)},
+            self.labels)
+        self.actor_opt = _adam(a.lr, a.eps, a.clip, a.wd, kernel_mask)
+        self.critic_opt = _adam(c.lr, c.eps, c.clip, c.wd, kernel_mask)
+        self.state = AgentState(
+            wm=wm, actor=actor, critic=critic, slow_critic=critic,
+            wm_opt=self.wm_opt.init(wm_params),
+            actor_opt=self.actor_opt.init(eqx.filter(actor, eqx.is_array)),
+            critic_opt=self.critic_opt.init(eqx.filter(critic, eqx.is_array)),
+            retnorm=jnp.zeros(2, jnp.float32), updates=jnp.zeros((), jnp.int32))
+        self._train = eqx.filter_jit(self._train_impl, donate="all-except-first")
+        self._policy = eqx.filter_jit(self._policy_impl)
+
+    # ------------------------------------------------------------ acting
+
+    def init_policy_state(self, n):
+        latent = self.state.wm.rssm.initial((n,), self.dtype)
+        return latent, jnp.zeros((n, self.act_dim), jnp.float32)
+
+    def policy(self, obs, state, key, mode="train"):
+        """obs: dict of [N, ...] numpy arrays -> (action [N, A] numpy, new state)."""
+        if state is None:
+            state = self.init_policy_state(len(obs["is_first"]))
+        obs = {k: v for k, v in obs.items() if not k.startswith("log_")}
+        action, state = self._policy(self.state.wm, self.state.actor, obs, state, key, mode == "eval")
+        return np.asarray(action), state
+
+    def _policy_impl(self, wm, actor, obs, state, key, greedy):
+        latent, prev_action = state
+        k1, k2 = jax.random.split(key)
+        embed = wm.encoder(obs, self.dtype)
+        latent = wm.rssm.obs_step(latent, prev_action, embed, jnp.asarray(obs["is_first"]), k1)
+        action = self._act(actor, latent, k2, greedy)
+        return action, (latent, action)
+
+    def _actor_dist(self, actor, latent):
+        out = actor(features(latent, self.cfg.actor.inputs, self.dtype))
+        if self.discrete:
+            return dists.unimix_logits(out, self.cfg.actor.unimix)
+        mean, std = jnp.split(out, 2, -1)
+        lo, hi = self.cfg.actor.minstd, self.cfg.actor.maxstd
+        return jnp.tanh(mean), (hi - lo) * jax.nn.sigmoid(std + 2.0) + lo
+
+    def _act(self, actor, latent, key, greedy=False):
+        d = self._actor_dist(actor, latent)
+        if self.discrete:
+            idx = jnp.argmax(d, -1) if greedy else jax.random.categorical(key, d, -1)
+            return jax.nn.one_hot(idx, self.act_dim, dtype=jnp.float32)
+        mean, std = d
+        return mean if greedy else mean + std * jax.random.normal(key, mean.shape)
+
+    def _logprob_entropy(self, actor, latent, action):
+        d = self._actor_dist(actor, latent)
+        if self.discrete:
+            return dists.onehot_logprob(d, action), dists.categorical_entropy(d)
+        mean, std = d
+        return dists.normal_logprob(mean, std, action), dists.normal_entropy(std)
+
+    # ------------------------------------------------------------ training
+
+    def train(self, batch, key):
+        """One update on a replay batch (dict of [B, T, ...] numpy arrays). Returns metrics (device)."""
+        batch = {k: v for k, v in batch.items() if not k.startswith("log_")}
+        self.state, metrics = self._train(self.state, batch, key)
+        return metrics
+
+    def _train_impl(self, state, batch, key):
+        k_wm, k_imag = jax.random.split(key)
+        wm_params, wm_static = eqx.partition(state.wm, eqx.is_array)
+
+        def wm_loss_fn(params):
+            return self._wm_loss(eqx.combine(params, wm_static), batch, k_wm)
+
+        (_, (post, wm_metrics)), grads = jax.value_and_grad(wm_loss_fn, has_aux=True)(wm_params)
+        updates, wm_opt = self.wm_opt.update(grads, state.wm_opt, wm_params)
+        wm = eqx.combine(optax.apply_updates(wm_params, updates), wm_static)
+        metrics = dict(wm_metrics)
+        metrics.update(self._grad_norms("model_opt", grads))
+
+        start = jax.tree.map(lambda x: sg(x.reshape((-1,) + x.shape[2:])), post)  # [B*T]
+        start_cont = 1.0 - batch["is_terminal"].reshape(-1).astype(jnp.float32)
+        state = state._replace(wm=wm, wm_opt=wm_opt)
+        state, ac_metrics = self._actor_critic(state, start, start_cont, k_imag)
+        metrics.update(ac_metrics)
+        return state._replace(updates=state.updates + 1), metrics
+
+    def _grad_norms(self, name, grads):
+        out = {f"{name}_grad_norm": optax.global_norm(grads)}
+        if name == "model_opt":
+            is_ssm = jax.tree.map(lambda l: l == "ssm", self.labels)
+            ssm = [g for g, m in zip(jax.tree.leaves(grads), jax.tree.leaves(is_ssm)) if m]
+            out["model_opt_ssm_grad_norm"] = optax.global_norm(ssm)
+        return out
+
+    def _wm_loss(self, wm, batch, key):
+        cfg, dtype = self.cfg, self.dtype
+        is_first = jnp.asarray(batch["is_first"])
+        action = jnp.asarray(batch["action"], jnp.float32)  # [B, T, A], chosen after obs t
+        B = is_first.shape[0]
+        prev_action = jnp.concatenate([jnp.zeros_like(action[:, :1]), action[:, :-1]], 1)
+        embed = wm.encoder(batch, dtype)  # [B, T, E]
+        post, prior = wm.rssm.observe(embed, prev_action, is_first, wm.rssm.initial((B,), dtype), key)
+        feat = lambda inputs: features(post, inputs, dtype)
+        losses = {}
+        losses["vector"] = wm.decoder.loss(feat(cfg.decoder.inputs), batch)
+        reward_logits = wm.reward(feat(cfg.reward_head.inputs))
+        losses["reward"] = -dists.twohot_logprob(reward_logits, jnp.asarray(batch["reward"], jnp.float32),
+                                                 self.bins)
+        cont_logit = wm.cont(feat(cfg.cont_head.inputs))[..., 0]
+        cont = 1.0 - jnp.asarray(batch["is_terminal"], jnp.float32)
+        losses["cont"] = -dists.bernoulli_logprob(cont_logit, cont)
+        kl_dyn = dists.categorical_kl(sg(post["logit"]), prior["logit"]).sum(-1)  # [B, T]
+        kl_rep = dists.categorical_kl(post["logit"], sg(prior["logit"])).sum(-1)
+        losses["dyn"] = jnp.maximum(kl_dyn, cfg.free_bits)
+        losses["rep"] = jnp.maximum(kl_rep, cfg.free_bits)
+        s = cfg.loss_scales
+        scales = dict(vector=s.vector, reward=s.reward, cont=s.cont, dyn=s.dyn, rep=s.rep)
+        total = sum(scales[k] * v for k, v in losses.items()).mean()
+        metrics = {f"{k}_loss": v.mean() for k, v in losses.items()}
+        metrics.update(
+            model_loss=total, kl_dyn=kl_dyn.mean(),
+            prior_ent=dists.categorical_entropy(prior["logit"]).sum(-1).mean(),
+            post_ent=dists.categorical_entropy(post["logit"]).sum(-1).mean(),
+            reward_max_data=jnp.abs(batch["reward"]).max(),
+            reward_max_pred=jnp.abs(dists.twohot_mean(reward_logits, self.bins)).max(),
+            cont_acc=((cont_logit > 0) == (cont > 0.5)).mean())
+        return total, (post, metrics)
+
+    def _imagine(self, wm, actor, start, key):
+        """Roll the prior for imag_horizon steps: latents [K+1, N], actions [K, N, A]."""
+        def step(latent, key):
+            k1, k2 = jax.random.split(key)
+            action = self._act(actor, jax.tree.map(sg, latent), k1)
+            return wm.rssm.img_step(latent, action, k2), (latent, action)
+
+        keys = jax.random.split(key, self.cfg.imag_horizon)
+        last, (latents, actions) = jax.lax.scan(step, start, keys)
+        latents = jax.tree.map(lambda xs, x: jnp.concatenate([xs, x[None]], 0), latents, last)
+        return latents, actions
+
+    def _critic_value(self, critic, latent):
+        return dists.twohot_mean(critic(features(latent, self.cfg.critic.inputs, self.dtype)), self.bins)
+
+    def _actor_critic(self, state, start, start_cont, key):
+        cfg, wm = self.cfg, state.wm
+        gamma = 1.0 - 1.0 / cfg.horizon
+        feat = lambda latent, inputs: features(latent, inputs, self.dtype)
+        actor_params, actor_static = eqx.partition(state.actor, eqx.is_array)
+        frozen_wm = jax.tree.map(sg, wm)
+
+        def rollout(actor):
+            latents, actions = self._imagine(frozen_wm, actor, start, key)
+            reward = dists.twohot_mean(frozen_wm.reward(feat(latents, cfg.reward_head.inputs)), self.bins)
+            cont = (frozen_wm.cont(feat(latents, cfg.cont_head.inputs))[..., 0] > 0).astype(jnp.float32)
+            cont = cont.at[0].set(start_cont)  # [K+1, N]
+            value = self._critic_value(state.critic, latents)  # [K+1, N], fast critic
+            ret = [value[-1]]
+            for t in reversed(range(cfg.imag_horizon)):  # lambda-returns, R_K = v_K
+                ret.append(reward[t + 1] + gamma * cont[t + 1] * (
+                    (1 - cfg.return_lambda) * value[t + 1] + cfg.return_lambda * ret[-1]))
+            ret = jnp.stack(ret[::-1][:-1])  # [K, N]
+            weight = sg(jnp.cumprod(gamma * cont, 0) / gamma)  # [K+1, N]
+            return latents, actions, reward, ret, value, weight
+
+        def actor_loss_fn(params, retnorm):
+            actor = eqx.combine(params, actor_static)
+            latents, actions, reward, ret, value, weight = rollout(actor)
+            lo = jnp.percentile(ret, cfg.retnorm.perclo)
+            hi = jnp.percentile(ret, cfg.retnorm.perchi)
+            retnorm = cfg.retnorm.decay * retnorm + (1 - cfg.retnorm.decay) * sg(jnp.stack([lo, hi]))
+            scale = jnp.maximum(cfg.retnorm.max, retnorm[1] - retnorm[0])
+            adv = (ret - value[:-1]) / scale  # [K, N]
+            states = jax.tree.map(lambda x: sg(x[:-1]), latents)
+            logp, ent = self._logprob_entropy(actor, states, sg(actions))
+            if self.discrete:
+                objective = logp * sg(adv)
+            else:
+                objective = adv
+            loss = -(weight[:-1] * (objective + cfg.actent * ent)).mean() * cfg.loss_scales.actor
+            aux = dict(latents=latents, ret=ret, weight=weight, retnorm=retnorm, metrics=dict(
+                actor_loss=loss, policy_entropy=ent.mean(), imag_reward=reward[1:].mean(),
+                return_raw=ret.mean(), return_scale=scale, adv_mag=jnp.abs(adv).mean(),
+                critic_value=value.mean(), imag_cont=weight[-1].mean()))
+            return loss, aux
+
+        (_, aux), grads = jax.value_and_grad(actor_loss_fn, has_aux=True)(actor_params, state.retnorm)
+        updates, actor_opt = self.actor_opt.update(grads, state.actor_opt, actor_params)
+        actor = eqx.combine(optax.apply_updates(actor_params, updates), actor_static)
+        metrics = dict(aux["metrics"], actor_opt_grad_norm=optax.global_norm(grads))
+
+        # critic on the same trajectory (states 0..K-1), targets from the fast critic's returns
+        states = jax.tree.map(lambda x: sg(x[:-1]), aux["latents"])
+        ret, weight = sg(aux["ret"]), sg(aux["weight"][:-1])
+        slow_mean = sg(self._critic_value(state.slow_critic, states))
+        critic_params, critic_static = eqx.partition(state.critic, eqx.is_array)
+
+        def critic_loss_fn(params):
+            logits = eqx.combine(params, critic_static)(feat(states, cfg.critic.inputs))
+            loss = -dists.twohot_logprob(logits, ret, self.bins)
+            loss = loss - cfg.loss_scales.slowreg * dists.twohot_logprob(logits, slow_mean, self.bins)
+            return (weight * loss).mean() * cfg.loss_scales.critic
+
+        loss, grads = jax.value_and_grad(critic_loss_fn)(critic_params)
+        updates, critic_opt = self.critic_opt.update(grads, state.critic_opt, critic_params)
+        critic = eqx.combine(optax.apply_updates(critic_params, updates), critic_static)
+        metrics.update(critic_loss=loss, critic_opt_grad_norm=optax.global_norm(grads))
+        # slow critic: full copy on the first update, then EMA with slow_critic_fraction
+        mix = jnp.where(state.updates == 0, 1.0, cfg.slow_critic_fraction)
+        slow = jax.tree.map(lambda s_, c_: (1 - mix) * s_ + mix * c_,
+                            eqx.filter(state.slow_critic, eqx.is_array), eqx.filter(critic, eqx.is_array))
+        slow = eqx.combine(slow, critic_static)
+        state = state._replace(actor=actor, actor_opt=actor_opt, critic=critic, critic_opt=critic_opt,
+                               slow_critic=slow, retnorm=aux["retnorm"])
+        return state, metrics

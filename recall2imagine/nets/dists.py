@@ -1,0 +1,99 @@
+"""Distributions used by DreamerV3/R2I heads, as small pure functions on float32 logits."""
+import jax
+import jax.numpy as jnp
+
+sg = jax.lax.stop_gradient
+
+
+def symlog(x):
+    return jnp.sign(x) * jnp.log1p(jnp.abs(x))
+
+
+def symexp(x):
+    return jnp.sign(x) * jnp.expm1(jnp.abs(x))
+
+
+# ---------------------------------------------------------------- two-hot symlog
+
+
+def twohot_bins(n=255, low=-20.0, high=20.0):
+    """Bin centres in symlog space."""
+    return jnp.linspace(low, high, n, dtype=jnp.float32)
+
+
+def twohot_encode(y, bins):
+    """Two-hot weights [..., K] of the symlog-space scalar y [...] over `bins` [K]."""
+    y = jnp.clip(y, bins[0], bins[-1])
+    above = jnp.clip(jnp.searchsorted(bins, y, side="right"), 1, len(bins) - 1)  # [...]
+    below = above - 1
+    lo, hi = bins[below], bins[above]
+    w_hi = (y - lo) / (hi - lo)
+    return (jax.nn.one_hot(below, len(bins)) * (1 - w_hi)[..., None]
+            + jax.nn.one_hot(above, len(bins)) * w_hi[..., None])
+
+
+def twohot_mean(logits, bins):
+    """Expected value, back in the original space: symexp(sum p * bins)."""
+    return symexp((jax.nn.softmax(logits, -1) * bins).sum(-1))
+
+
+def twohot_logprob(logits, target, bins):
+    """log p(target) for a raw (not symlog) target [...]."""
+    weights = twohot_encode(symlog(target), bins)
+    return (weights * jax.nn.log_softmax(logits, -1)).sum(-1)
+
+
+# ---------------------------------------------------------------- categoricals
+
+
+def unimix_logits(logits, unimix):
+    """Mix softmax(logits) with `unimix` of uniform; returns log-probabilities."""
+    if unimix == 0.0:
+        return jax.nn.log_softmax(logits, -1)
+    probs = jax.nn.softmax(logits, -1)
+    probs = (1 - unimix) * probs + unimix / logits.shape[-1]
+    return jnp.log(probs)
+
+
+def onehot_sample(key, logits):
+    """One-hot sample with straight-through gradients: sample + probs - sg(probs)."""
+    probs = jax.nn.softmax(logits, -1)
+    idx = jax.random.categorical(key, logits, -1)
+    sample = jax.nn.one_hot(idx, logits.shape[-1], dtype=probs.dtype)
+    return sample + probs - sg(probs)
+
+
+def onehot_mode(logits):
+    probs = jax.nn.softmax(logits, -1)
+    mode = jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1], dtype=probs.dtype)
+    return mode + probs - sg(probs)
+
+
+def categorical_entropy(logits):
+    logp = jax.nn.log_softmax(logits, -1)
+    return -(jnp.exp(logp) * logp).sum(-1)
+
+
+def categorical_kl(logits_p, logits_q):
+    """KL[p || q] over the last axis."""
+    logp, logq = jax.nn.log_softmax(logits_p, -1), jax.nn.log_softmax(logits_q, -1)
+    return (jnp.exp(logp) * (logp - logq)).sum(-1)
+
+
+def onehot_logprob(logits, onehot):
+    return (jax.nn.log_softmax(logits, -1) * onehot).sum(-1)
+
+
+# ---------------------------------------------------------------- Bernoulli and Normal
+
+
+def bernoulli_logprob(logits, target):
+    return target * jax.nn.log_sigmoid(logits) + (1 - target) * jax.nn.log_sigmoid(-logits)
+
+
+def normal_logprob(mean, std, x):
+    return (-0.5 * jnp.square((x - mean) / std) - jnp.log(std) - 0.5 * jnp.log(2 * jnp.pi)).sum(-1)
+
+
+def normal_entropy(std):
+    return (0.5 * jnp.log(2 * jnp.pi * jnp.e) + jnp.log(std)).sum(-1)

@@ -1,0 +1,162 @@
+"""The R2I world-model state: an S5 stack as sequence model with a non-recurrent posterior.
+
+A latent is a dict of arrays with common leading batch dims `[...]`:
+  stoch  [..., S, C]  one-hot sample of the categorical latent z
+  logit  [..., S, C]  its log-probabilities (unimix applied)
+  deter  [..., D]     h = SiLU(out_proj(stack output)), never fed back
+  hidden [..., L, P]  complex64 SSM states of all layers: the memory carried over time
+
+Sequence model: (h_t, x_t) = f(z_{t-1}, a_{t-1}, x_{t-1}); prior p(z_t | h_t);
+posterior q(z_t | o_t) from the observation embedding alone (spec sections 3-4).
+"""
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from recall2imagine.nets import dists
+from recall2imagine.nets.layers import DenseNormAct, Linear
+from recall2imagine.nets.ssm import SSMStack
+
+
+class RSSM(eqx.Module):
+    img_in: DenseNormAct  # [stoch*classes + A] -> H
+    stack: SSMStack
+    out_proj: Linear  # H -> deter
+    img_out: DenseNormAct  # deter -> H
+    img_stats: Linear  # H -> S*C
+    obs_out: DenseNormAct  # embed -> H
+    obs_stats: Linear  # H -> S*C
+    initial_hidden: jax.Array | None  # [2, L, P] real/imag, learned
+    initial_deter: jax.Array | None  # [D], learned
+    stoch: int = eqx.field(static=True)
+    classes: int = eqx.field(static=True)
+    unimix: float = eqx.field(static=True)
+    action_clip: float = eqx.field(static=True)
+    reset: bool = eqx.field(static=True)  # reset to the initial state at is_first inside training windows
+    parallel: bool = eqx.field(static=True)  # associative scan (True) or lax.scan (False)
+
+    def __init__(self, cfg, embed_dim, act_dim, parallel, *, key):
+        r, s = cfg.rssm, cfg.ssm
+        ks = jax.random.split(key, 7)
+        zdim = r.stoch * r.classes
+        self.img_in = DenseNormAct(zdim + act_dim, r.units, key=ks[0])
+        self.stack = SSMStack(
+            r.units, r.hidden, s.n_layers, n_blocks=s.n_blocks, C_init=s.C_init, conj_sym=s.conj_sym,
+            discretization=s.discretization, dt_min=s.dt_min, dt_max=s.dt_max, clip_eigs=s.clip_eigs,
+            prenorm=s.prenorm, mlp=s.mlp, glu=s.glu, use_norm=s.use_norm, dropout=s.dropout, key=ks[1])
+        self.out_proj = Linear(r.units, r.deter, key=ks[2])
+        self.img_out = DenseNormAct(r.deter, r.units, key=ks[3])
+        self.img_stats = Linear(r.units, zdim, key=ks[4])
+        self.obs_out = DenseNormAct(embed_dim, r.units, key=ks[5])
+        self.obs_stats = Linear(r.units, zdim, key=ks[6])
+        if r.initial == "learned":
+            self.initial_hidden = jnp.zeros((2,) + self.stack.state_shape, jnp.float32)
+            self.initial_deter = jnp.zeros((r.deter,), jnp.float32)
+        elif r.initial == "zeros":
+            self.initial_hidden = self.initial_deter = None
+        else:
+            raise ValueError(f"rssm.initial must be 'learned' or 'zeros', got {r.initial!r}")
+        if s.reset_mode not in ("init", "none"):
+            raise ValueError(f"ssm.reset_mode must be 'init' or 'none', got {s.reset_mode!r}")
+        self.stoch, self.classes, self.unimix = r.stoch, r.classes, r.unimix
+        self.action_clip = r.action_clip
+        self.reset = s.reset_mode == "init"
+        self.parallel = parallel
+
+    # ------------------------------------------------------------ pieces
+
+    def _stats(self, x, out, stats):  # [..., *] -> logit [..., S, C] float32
+        logits = stats(out(x)).reshape(x.shape[:-1] + (self.stoch, self.classes))
+        return dists.unimix_logits(logits.astype(jnp.float32), self.unimix)
+
+    def prior_logit(self, deter):  # [..., D] -> [..., S, C]
+        return self._stats(deter, self.img_out, self.img_stats)
+
+    def post_logit(self, embed):  # [..., E] -> [..., S, C]
+        return self._stats(embed, self.obs_out, self.obs_stats)
+
+    def _deter(self, out):  # stack output [..., H] -> deter [..., D]
+        return jax.nn.silu(self.out_proj(out))
+
+    def _clip_action(self, action):
+        if not self.action_clip:
+            return action
+        mag = jnp.maximum(1.0, jnp.abs(action).max(-1, keepdims=True) / self.action_clip)
+        return action / jax.lax.stop_gradient(mag)
+
+    def _init_hidden(self):  # [L, P] complex64
+        if self.initial_hidden is None:
+            return jnp.zeros(self.stack.state_shape, jnp.complex64)
+        return jax.lax.complex(self.initial_hidden[0], self.initial_hidden[1])
+
+    def initial(self, batch_shape, dtype=jnp.float32):
+        """The initial latent, broadcast to `batch_shape`."""
+        hidden = self._init_hidden()
+        if self.initial_deter is None:
+            deter = jnp.zeros(self.out_proj.w.shape[1:], dtype)
+            stoch = jnp.zeros((self.stoch, self.classes), dtype)
+            logit = jnp.zeros((self.stoch, self.classes), jnp.float32)
+        else:
+            deter = jnp.tanh(self.initial_deter).astype(dtype)
+            logit = self.prior_logit(deter)
+            stoch = dists.onehot_mode(logit).astype(dtype)
+        latent = dict(stoch=stoch, logit=logit, deter=deter, hidden=hidden)
+        return jax.tree.map(lambda x: jnp.broadcast_to(x, tuple(batch_shape) + x.shape), latent)
+
+    def _input(self, stoch, action):  # [..., S, C], [..., A] -> [..., H]
+        z = stoch.reshape(stoch.shape[:-2] + (-1,))
+        return self.img_in(jnp.concatenate([z, action.astype(z.dtype)], -1))
+
+    # ------------------------------------------------------------ training pass
+
+    def observe(self, embed, prev_action, is_first, start, key):
+        """Posterior and prior latents of whole sequences, all steps at once.
+
+        embed [B, T, E], prev_action [B, T, A] (action before each observation),
+        is_first [B, T] bool, start: latent [B] that precedes the window.
+        At an `is_first` step the model restarts exactly as acting does: previous
+        stoch and hidden from the initial state, previous action zero.
+        Returns (post, prior), latents [B, T].
+        """
+        B, T = is_first.shape
+        dtype = embed.dtype
+        post_logit = self.post_logit(embed)  # [B, T, S, C]
+        post_stoch = dists.onehot_sample(key, post_logit).astype(dtype)
+        init = self.initial((), dtype)
+        first = is_first[..., None, None]
+        prev_stoch = jnp.concatenate([start["stoch"][:, None].astype(dtype), post_stoch[:, :-1]], 1)
+        prev_stoch = jnp.where(first, init["stoch"], prev_stoch)  # [B, T, S, C]
+        prev_action = self._clip_action(prev_action) * (1.0 - is_first[..., None].astype(prev_action.dtype))
+        u = self._input(prev_stoch, prev_action)  # [B, T, H]
+        x0 = jnp.where(is_first[:, 0, None, None], init["hidden"], start["hidden"])  # [B, L, P]
+        resets = is_first if self.reset else jnp.zeros_like(is_first)
+        out, hidden = jax.vmap(
+            lambda u, x0, r: self.stack.scan(u, x0, r, init["hidden"], self.parallel))(u, x0, resets)
+        deter = self._deter(out)  # [B, T, D]
+        prior_logit = self.prior_logit(deter)
+        prior = dict(stoch=None, logit=prior_logit, deter=deter, hidden=hidden)
+        post = dict(stoch=post_stoch, logit=post_logit, deter=deter, hidden=hidden)
+        return post, prior
+
+    # ------------------------------------------------------------ step mode
+
+    def img_step(self, latent, action, key):
+        """One step of the prior: latent [N], action [N, A] -> prior latent [N]."""
+        u = self._input(latent["stoch"], self._clip_action(action))  # [N, H]
+        out, hidden = jax.vmap(self.stack.step)(u, latent["hidden"])
+        deter = self._deter(out)
+        logit = self.prior_logit(deter)
+        stoch = dists.onehot_sample(key, logit).astype(deter.dtype)
+        return dict(stoch=stoch, logit=logit, deter=deter, hidden=hidden)
+
+    def obs_step(self, latent, action, embed, is_first, key):
+        """Acting: reset where is_first, one prior step, posterior from the embedding."""
+        N = is_first.shape[0]
+        init = self.initial((N,), embed.dtype)
+        keep = lambda x, y: jnp.where(is_first.reshape((N,) + (1,) * (x.ndim - 1)), y, x)
+        latent = jax.tree.map(keep, latent, init)
+        action = action * (1.0 - is_first[:, None].astype(action.dtype))
+        prior = self.img_step(latent, action, key)
+        post_logit = self.post_logit(embed)
+        post_stoch = dists.onehot_sample(jax.random.fold_in(key, 1), post_logit).astype(embed.dtype)
+        return dict(stoch=post_stoch, logit=post_logit, deter=prior["deter"], hidden=prior["hidden"])

@@ -1,0 +1,3 @@
+from recall2imagine.replay.memory import MemoryReplay
+
+__all__ = ['MemoryReplay']

@@ -1,0 +1,170 @@
+"""Train an R2I agent.
+
+  python -m recall2imagine.train --configs popgym cpu --task gym_popgym:popgym-RepeatPreviousEasy-v0
+  python recall2imagine/train.py --configs bsuite debug --task bsuite:memory_len/0 --logdir /tmp/run
+
+Flow: envs -> driver -> replay -> agent.train (world model, imagination, actor-critic) -> logger.
+"""
+import collections
+import os
+import pathlib
+import sys
+import time
+
+if __package__ in (None, ""):  # `python recall2imagine/train.py`
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+from recall2imagine import config as configlib
+
+
+def setup_jax(cfg):
+    """Pick the platform before JAX initialises its backends."""
+    import jax
+    platform = cfg.jax.platform
+    if platform not in ("auto", "cpu", "gpu"):
+        raise configlib.ConfigError(f"--jax.platform must be auto, cpu or gpu, got {platform!r}")
+    if not cfg.jax.prealloc:
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    if platform != "auto":
+        jax.config.update("jax_platforms", platform)
+    try:
+        backend = jax.default_backend()
+    except RuntimeError as e:
+        raise configlib.ConfigError(f"--jax.platform {platform}: not available here ({e}); use --jax.platform cpu")
+    if cfg.jax.precision not in ("float32", "bfloat16", "float16"):
+        raise configlib.ConfigError(
+            f"--jax.precision must be float32, bfloat16 or float16, got {cfg.jax.precision!r}")
+    if cfg.jax.precision == "float16":
+        # float16 needs dynamic loss scaling, which this build does not have yet; bfloat16 has the
+        # float32 exponent range and needs none.
+        print("note: jax.precision float16 runs as bfloat16 (no loss scaling needed)", flush=True)
+    return backend
+
+
+def random_policy(act_space, rng):
+    def policy(obs, state):
+        n = len(obs["is_first"])
+        if act_space.discrete:
+            action = np.eye(act_space.n, dtype=np.float32)[rng.integers(0, act_space.n, n)]
+        else:
+            action = rng.uniform(-1, 1, (n, act_space.n)).astype(np.float32)
+        return {"action": action}, state
+    return policy
+
+
+def run(cfg):
+    import jax
+
+    from recall2imagine.agent import Agent
+    from recall2imagine.driver import Driver
+    from recall2imagine.envs import make_env
+    from recall2imagine.logging import Logger
+    from recall2imagine.replay import MemoryReplay
+
+    backend = setup_jax(cfg)
+    logdir = pathlib.Path(cfg.logdir or configlib.default_logdir(cfg)).expanduser()
+    logdir.mkdir(parents=True, exist_ok=True)
+    cfg = cfg.update({"logdir": str(logdir)})
+    cfg.save(logdir / "config.yaml")
+    print(f"logdir {logdir} | task {cfg.task} | backend {backend}", flush=True)
+
+    envs = [make_env(cfg.task, seed=cfg.seed * 1000 + i) for i in range(cfg.envs.amount)]
+    obs_space, act_space = envs[0].obs_space, envs[0].act_space
+    replay = MemoryReplay(cfg.replay_size, num_workers=len(envs), seed=cfg.seed)
+    agent = Agent(cfg, obs_space, act_space, jax.random.PRNGKey(cfg.seed))
+    driver = Driver(envs)
+    logger = Logger(logdir)
+    rng = np.random.default_rng(cfg.seed)
+    key = jax.random.PRNGKey(cfg.seed + 1)
+
+    batch_steps = cfg.batch_size * cfg.batch_length
+    fill = cfg.run.train_fill or max(batch_steps, cfg.batch_length * len(envs))
+    counters = dict(step=0, updates=0, owed=0.0)
+    scores = collections.deque(maxlen=50)
+    pending = []  # device metrics not yet fetched
+    last = dict(time=time.time(), step=0, updates=0)
+
+    def on_step(tran, workers):
+        replay.add(tran, workers)
+        counters["step"] += len(workers)
+
+    def on_episode(ep):
+        scores.append(ep["score"])
+        logger.add({"episode/score": ep["score"], "episode/length": ep["length"]})
+
+    def train_on_step(tran, workers):
+        nonlocal key
+        on_step(tran, workers)
+        counters["owed"] += len(workers) * cfg.run.train_ratio / batch_steps
+        while counters["owed"] >= 1.0:
+            key, sub = jax.random.split(key)
+            pending.append(agent.train(replay.sample(cfg.batch_size, cfg.batch_length), sub))
+            counters["owed"] -= 1.0
+            counters["updates"] += 1
+        if time.time() - last["time"] >= cfg.run.log_every:
+            write_logs()
+
+    def write_logs():
+        now = time.time()
+        for metrics in jax.device_get(pending):
+            logger.add({k: float(v) for k, v in metrics.items()}, prefix="train")
+        pending.clear()
+        dt = max(now - last["time"], 1e-9)
+        logger.add({"fps": (counters["step"] - last["step"]) / dt,
+                    "train_steps_per_sec": (counters["updates"] - last["updates"]) / dt,
+                    "replay/size": len(replay), "train/updates": counters["updates"]})
+        logger.write(counters["step"])
+        last.update(time=now, step=counters["step"], updates=counters["updates"])
+
+    state = {"policy": None}
+
+    def agent_policy(obs, pstate):
+        nonlocal key
+        key, sub = jax.random.split(key)
+        action, pstate = agent.policy(obs, pstate, sub)
+        return {"action": action}, pstate
+
+    start = time.time()
+    interrupted = False
+    try:
+        print(f"prefill {fill} steps with a random policy", flush=True)
+        driver(random_policy(act_space, rng), steps=fill, on_step=on_step, on_episode=on_episode)
+        driver.reset_state()
+        while counters["step"] < cfg.run.steps:
+            driver(agent_policy, steps=min(len(envs) * 16, cfg.run.steps - counters["step"]),
+                   on_step=train_on_step, on_episode=on_episode)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\ninterrupted: writing what was collected", flush=True)
+    finally:
+        write_logs()
+        logger.close()
+        for env in envs:
+            env.close()
+    del state
+    mean = float(np.mean(scores)) if scores else float("nan")
+    minutes = (time.time() - start) / 60
+    print(f"{'stopped' if interrupted else 'done'}: {counters['step']} env steps, {counters['updates']} updates, "
+          f"{minutes:.1f} min | mean return over last {len(scores)} episodes: {mean:.3f} | logs: {logdir}",
+          flush=True)
+    return mean
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        cfg = configlib.parse(argv)
+        run(cfg)
+    except configlib.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # unknown task, bad key selection, ... (one line, says what to do)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
