@@ -46,6 +46,21 @@ class WorldModel(eqx.Module):
         self.cont = MLP(fs(c.inputs), c.layers, c.units, 1, key=ks[4], outscale=c.outscale)
 
 
+def lambda_return(reward, cont, value, gamma, lam):
+    """TD(lambda) returns R_t, t = 0..K-1, bootstrapped with R_K = v_K.
+
+    reward, cont [K, N]: r_{t+1}, c_{t+1} received on reaching state t+1; value [K+1, N]: v_0..v_K.
+    R_t = r_{t+1} + gamma c_{t+1} ((1 - lam) v_{t+1} + lam R_{t+1}).
+    """
+    def step(next_ret, inp):
+        r, c, v = inp
+        ret = r + gamma * c * ((1 - lam) * v + lam * next_ret)
+        return ret, ret
+
+    _, ret = jax.lax.scan(step, value[-1], (reward, cont, value[1:]), reverse=True)
+    return ret
+
+
 class AgentState(NamedTuple):
     wm: WorldModel
     actor: MLP
@@ -116,7 +131,7 @@ class Agent:
         self.actor_opt = _adam(a.lr, a.eps, a.clip, a.wd, kernel_mask)
         self.critic_opt = _adam(c.lr, c.eps, c.clip, c.wd, kernel_mask)
         self.state = AgentState(
-            wm=wm, actor=actor, critic=critic, slow_critic=critic,
+            wm=wm, actor=actor, critic=critic, slow_critic=jax.tree.map(jnp.copy, critic),
             wm_opt=self.wm_opt.init(wm_params),
             actor_opt=self.actor_opt.init(eqx.filter(actor, eqx.is_array)),
             critic_opt=self.critic_opt.init(eqx.filter(critic, eqx.is_array)),
@@ -157,7 +172,7 @@ class Agent:
     def _act(self, actor, latent, key, greedy=False):
         d = self._actor_dist(actor, latent)
         if self.discrete:
-            idx = jnp.argmax(d, -1) if greedy else jax.random.categorical(key, d, -1)
+            idx = jnp.argmax(d, -1) if greedy else dists.categorical_sample(key, d)
             return jax.nn.one_hot(idx, self.act_dim, dtype=jnp.float32)
         mean, std = d
         return mean if greedy else mean + std * jax.random.normal(key, mean.shape)
@@ -174,10 +189,10 @@ class Agent:
     def train(self, batch, key):
         """One update on a replay batch (dict of [B, T, ...] numpy arrays). Returns metrics (device)."""
         batch = {k: v for k, v in batch.items() if not k.startswith("log_")}
-        self.state, metrics = self._train(self.state, batch, key)
+        self.state, metrics = self._train(key, self.state, batch)
         return metrics
 
-    def _train_impl(self, state, batch, key):
+    def _train_impl(self, key, state, batch):  # key first: state and batch are donated
         k_wm, k_imag = jax.random.split(key)
         wm_params, wm_static = eqx.partition(state.wm, eqx.is_array)
 
@@ -267,11 +282,7 @@ class Agent:
             cont = (frozen_wm.cont(feat(latents, cfg.cont_head.inputs))[..., 0] > 0).astype(jnp.float32)
             cont = cont.at[0].set(start_cont)  # [K+1, N]
             value = self._critic_value(state.critic, latents)  # [K+1, N], fast critic
-            ret = [value[-1]]
-            for t in reversed(range(cfg.imag_horizon)):  # lambda-returns, R_K = v_K
-                ret.append(reward[t + 1] + gamma * cont[t + 1] * (
-                    (1 - cfg.return_lambda) * value[t + 1] + cfg.return_lambda * ret[-1]))
-            ret = jnp.stack(ret[::-1][:-1])  # [K, N]
+            ret = lambda_return(reward[1:], cont[1:], value, gamma, cfg.return_lambda)  # [K, N]
             weight = sg(jnp.cumprod(gamma * cont, 0) / gamma)  # [K+1, N]
             return latents, actions, reward, ret, value, weight
 

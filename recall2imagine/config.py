@@ -289,7 +289,7 @@ def _apply(flat: dict, entries, fullmatch: bool, label) -> dict:
             if not targets:
                 how = 'fully matches' if fullmatch else 'matches'
                 raise ConfigError(
-                        f'config pattern {key!r} {how} no key; run with --help to list keys')
+                        f"config pattern '{key}' {how} no key; run with --help to list keys")
             for target in targets:
                 result[target] = _coerce(value, result[target], f'{label(key)} (key {target})')
         else:

@@ -55,11 +55,19 @@ def unimix_logits(logits, unimix):
     return jnp.log(probs)
 
 
+def categorical_sample(key, logits):
+    """Class indices [...] drawn by inverse CDF: one uniform per variable, no Gumbel logs
+    (several times faster on CPU than jax.random.categorical for small class counts)."""
+    probs = jax.nn.softmax(logits, -1)
+    u = jax.random.uniform(key, logits.shape[:-1] + (1,), probs.dtype)
+    idx = (jnp.cumsum(probs, -1) < u).sum(-1)
+    return jnp.minimum(idx, logits.shape[-1] - 1)
+
+
 def onehot_sample(key, logits):
     """One-hot sample with straight-through gradients: sample + probs - sg(probs)."""
     probs = jax.nn.softmax(logits, -1)
-    idx = jax.random.categorical(key, logits, -1)
-    sample = jax.nn.one_hot(idx, logits.shape[-1], dtype=probs.dtype)
+    sample = jax.nn.one_hot(categorical_sample(key, logits), logits.shape[-1], dtype=probs.dtype)
     return sample + probs - sg(probs)
 
 

@@ -117,8 +117,12 @@ class S5(eqx.Module):
         Lbar, gamma = discretize(Lambda, step, self.discretization)
         return Lbar, gamma[:, None] * _complex(self.B), _complex(self.C)  # [S], [S, H], [H, S]
 
+    @staticmethod
+    def _input(Bbar, u):  # u [..., H] real -> Bbar u [..., S]; two real matmuls (complex dots are slow on CPU)
+        return jax.lax.complex(u @ Bbar.real.T, u @ Bbar.imag.T)
+
     def _readout(self, C, x, u):  # x [..., S] complex, u [..., H] float32 -> [..., H]
-        y = (x @ C.T).real
+        y = x.real @ C.real.T - x.imag @ C.imag.T  # Re(C x)
         return (2.0 * y if self.conj_sym else y) + self.D * u
 
     def scan(self, u, x0, reset, init, parallel: bool):
@@ -132,7 +136,7 @@ class S5(eqx.Module):
         x0 = x0.astype(jnp.complex64)
         init = init.astype(jnp.complex64)
         Lbar, Bbar, C = self._discrete()
-        Bu = u @ Bbar.T  # [T, S]
+        Bu = self._input(Bbar, u)  # [T, S]
         if parallel:
             d = reset.astype(jnp.float32)[:, None]  # [T, 1]
             A = Lbar * (1.0 - d)  # [T, S]
@@ -159,7 +163,7 @@ class S5(eqx.Module):
         dtype = u.dtype
         u = u.astype(jnp.float32)
         Lbar, Bbar, C = self._discrete()
-        x = Lbar * x.astype(jnp.complex64) + Bbar @ u  # [S]
+        x = Lbar * x.astype(jnp.complex64) + self._input(Bbar, u)  # [S]
         return self._readout(C, x, u).astype(dtype), x
 
 
