@@ -213,11 +213,11 @@ class Agent:
         return state._replace(updates=state.updates + 1), metrics
 
     def _grad_norms(self, name, grads):
-        out = {f"{name}_grad_norm": optax.global_norm(grads)}
+        out = {f"{name}_grad_norm": optax.tree.norm(grads)}
         if name == "model_opt":
             is_ssm = jax.tree.map(lambda l: l == "ssm", self.labels)
             ssm = [g for g, m in zip(jax.tree.leaves(grads), jax.tree.leaves(is_ssm)) if m]
-            out["model_opt_ssm_grad_norm"] = optax.global_norm(ssm)
+            out["model_opt_ssm_grad_norm"] = optax.tree.norm(ssm)
         return out
 
     def _wm_loss(self, wm, batch, key):
@@ -310,7 +310,7 @@ class Agent:
         (_, aux), grads = jax.value_and_grad(actor_loss_fn, has_aux=True)(actor_params, state.retnorm)
         updates, actor_opt = self.actor_opt.update(grads, state.actor_opt, actor_params)
         actor = eqx.combine(optax.apply_updates(actor_params, updates), actor_static)
-        metrics = dict(aux["metrics"], actor_opt_grad_norm=optax.global_norm(grads))
+        metrics = dict(aux["metrics"], actor_opt_grad_norm=optax.tree.norm(grads))
 
         # critic on the same trajectory (states 0..K-1), targets from the fast critic's returns
         states = jax.tree.map(lambda x: sg(x[:-1]), aux["latents"])
@@ -327,7 +327,7 @@ class Agent:
         loss, grads = jax.value_and_grad(critic_loss_fn)(critic_params)
         updates, critic_opt = self.critic_opt.update(grads, state.critic_opt, critic_params)
         critic = eqx.combine(optax.apply_updates(critic_params, updates), critic_static)
-        metrics.update(critic_loss=loss, critic_opt_grad_norm=optax.global_norm(grads))
+        metrics.update(critic_loss=loss, critic_opt_grad_norm=optax.tree.norm(grads))
         # slow critic: full copy on the first update, then EMA with slow_critic_fraction
         mix = jnp.where(state.updates == 0, 1.0, cfg.slow_critic_fraction)
         slow = jax.tree.map(lambda s_, c_: (1 - mix) * s_ + mix * c_,

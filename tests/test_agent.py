@@ -1,0 +1,140 @@
+"""Agent pieces against slow references: two-hot, lambda-returns, RSSM scan vs step mode."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from recall2imagine import config as configlib
+from recall2imagine.agent import Agent, lambda_return, param_labels, SSM_LEAVES
+from recall2imagine.envs import make_env
+from recall2imagine.nets import dists
+
+jax.config.update("jax_platforms", "cpu")
+
+
+def test_twohot_round_trip():
+    bins = dists.twohot_bins(255)
+    y = np.concatenate([np.linspace(-1000, 1000, 101), [0.0, 1e-3, -0.5, 3.7]]).astype(np.float32)
+    w = np.asarray(dists.twohot_encode(dists.symlog(jnp.asarray(y)), bins))
+    assert np.allclose(w.sum(-1), 1.0, atol=1e-6)
+    assert ((w > 0).sum(-1) <= 2).all()
+    # decode: expected bin in symlog space, back through symexp
+    decoded = np.sign(w @ np.asarray(bins)) * np.expm1(np.abs(w @ np.asarray(bins)))
+    np.testing.assert_allclose(decoded, y, rtol=1e-4, atol=1e-4)
+    # logits that put the two-hot mass on the bins decode to the same value
+    mean = np.asarray(dists.twohot_mean(jnp.log(jnp.asarray(w) + 1e-30), bins))
+    np.testing.assert_allclose(mean, y, rtol=1e-3, atol=1e-3)
+
+
+def test_twohot_logprob_peaks_at_target():
+    bins = dists.twohot_bins(255)
+    logits = jnp.log(dists.twohot_encode(dists.symlog(jnp.float32(5.0)), bins) + 1e-8)
+    lp = [float(dists.twohot_logprob(logits, jnp.float32(t), bins)) for t in (-3.0, 0.0, 5.0, 40.0)]
+    assert np.argmax(lp) == 2
+
+
+def test_lambda_return_matches_loop():
+    rng = np.random.default_rng(0)
+    K, N, gamma, lam = 7, 5, 0.97, 0.95
+    reward = rng.normal(size=(K, N)).astype(np.float32)
+    cont = (rng.random((K, N)) > 0.2).astype(np.float32)
+    value = rng.normal(size=(K + 1, N)).astype(np.float32)
+    expected = np.zeros((K, N))
+    for n in range(N):
+        nxt = value[K, n]
+        for t in reversed(range(K)):
+            nxt = reward[t, n] + gamma * cont[t, n] * ((1 - lam) * value[t + 1, n] + lam * nxt)
+            expected[t, n] = nxt
+    got = np.asarray(lambda_return(jnp.asarray(reward), jnp.asarray(cont), jnp.asarray(value), gamma, lam))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # lam = 0 gives one-step TD targets
+    got0 = np.asarray(lambda_return(jnp.asarray(reward), jnp.asarray(cont), jnp.asarray(value), gamma, 0.0))
+    np.testing.assert_allclose(got0, reward + gamma * cont * value[1:], rtol=1e-5, atol=1e-5)
+
+
+def test_unimix_floor():
+    logits = jnp.array([[50.0, -50.0, -50.0, -50.0]])
+    probs = np.exp(np.asarray(dists.unimix_logits(logits, 0.01)))
+    assert probs.min() >= 0.01 / 4 - 1e-7 and abs(probs.sum() - 1) < 1e-6
+
+
+def test_inverse_cdf_sampling_frequencies():
+    logits = jnp.log(jnp.array([0.1, 0.2, 0.3, 0.4]))
+    idx = np.asarray(dists.categorical_sample(jax.random.PRNGKey(0), jnp.broadcast_to(logits, (20000, 4))))
+    freq = np.bincount(idx, minlength=4) / len(idx)
+    np.testing.assert_allclose(freq, [0.1, 0.2, 0.3, 0.4], atol=0.015)
+
+
+def _debug_agent(*overrides):
+    cfg = configlib.parse(["--configs", "popgym", "debug", *overrides])
+    env = make_env(cfg.task, seed=0)
+    return cfg, env, Agent(cfg, env.obs_space, env.act_space, jax.random.PRNGKey(0))
+
+
+@pytest.mark.parametrize("parallel", ["True", "False"])
+def test_observe_matches_step_mode_with_resets(parallel):
+    """The training pass (whole sequence, scan) equals acting step by step (obs_step) given the same
+    posterior samples, including an episode reset in mid-sequence."""
+    cfg, env, agent = _debug_agent("--ssm.parallel", parallel, "--rssm.hidden", "8")
+    rssm = agent.state.wm.rssm
+    B, T, A = 2, 12, agent.act_dim
+    rng = np.random.default_rng(1)
+    embed = jnp.asarray(rng.normal(size=(B, T, cfg.encoder.mlp_units)), jnp.float32)
+    actions = jnp.asarray(np.eye(A)[rng.integers(0, A, (B, T))], jnp.float32)
+    prev_action = jnp.concatenate([jnp.zeros((B, 1, A)), actions[:, :-1]], 1)
+    is_first = np.zeros((B, T), bool)
+    is_first[:, 0] = True
+    is_first[0, 5] = is_first[1, 9] = True
+    post, prior = rssm.observe(embed, prev_action, jnp.asarray(is_first), rssm.initial((B,)),
+                               jax.random.PRNGKey(3))
+    latent = rssm.initial((B,))
+    action = jnp.zeros((B, A))
+    for t in range(T):
+        # reset as acting does, then feed the posterior sample the training pass drew
+        keep = lambda x, y: jnp.where(is_first[:, t].reshape((B,) + (1,) * (x.ndim - 1)), y, x)
+        latent = jax.tree.map(keep, latent, rssm.initial((B,)))
+        act = action * (1.0 - is_first[:, t, None])
+        step = rssm.img_step(latent, act, jax.random.PRNGKey(t))
+        np.testing.assert_allclose(step["deter"], post["deter"][:, t], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(step["hidden"], post["hidden"][:, t], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(step["logit"], prior["logit"][:, t], rtol=1e-4, atol=1e-4)
+        latent = dict(step, stoch=post["stoch"][:, t], logit=post["logit"][:, t])
+        action = actions[:, t]
+
+
+def test_ssm_parameter_group():
+    cfg, env, agent = _debug_agent()
+    import equinox as eqx
+    labels = param_labels(eqx.filter(agent.state.wm, eqx.is_array))
+    paths = jax.tree_util.tree_flatten_with_path(labels)[0]
+    ssm = {str(p[-1].name) for p, l in paths if l == "ssm"}
+    assert ssm == set(SSM_LEAVES)
+    assert sum(l == "ssm" for _, l in paths) == len(SSM_LEAVES) * cfg.ssm.n_layers
+
+
+def test_train_step_updates_everything_and_is_finite():
+    cfg, env, agent = _debug_agent()
+    rng = np.random.default_rng(0)
+    B, T, A = cfg.batch_size, cfg.batch_length, agent.act_dim
+    obs = env.reset()
+    batch = {
+        "vector": rng.integers(0, 2, (B, T) + obs["vector"].shape).astype(np.float32),
+        "reward": rng.normal(size=(B, T)).astype(np.float32),
+        "is_first": np.zeros((B, T), bool), "is_last": np.zeros((B, T), bool),
+        "is_terminal": rng.random((B, T)) < 0.1,
+        "action": np.eye(A, dtype=np.float32)[rng.integers(0, A, (B, T))],
+    }
+    batch["is_first"][:, 0] = True
+    before = jax.tree.map(np.asarray, agent.state)
+    for i in range(3):
+        metrics = jax.device_get(agent.train(batch, jax.random.PRNGKey(i)))
+    assert all(np.isfinite(v) for v in metrics.values()), metrics
+    for name in ("wm", "actor", "critic", "slow_critic"):
+        a = jax.tree.leaves(getattr(before, name))
+        b = jax.tree.leaves(jax.tree.map(np.asarray, getattr(agent.state, name)))
+        assert any(not np.array_equal(x, y) for x, y in zip(a, b)), f"{name} did not change"
+    assert int(agent.state.updates) == 3
+    # the policy runs on the updated parameters and returns valid one-hot actions
+    obs_b = {k: np.stack([v, v]) for k, v in obs.items()}
+    action, state = agent.policy(obs_b, None, jax.random.PRNGKey(0))
+    assert action.shape == (2, A) and np.allclose(action.sum(-1), 1)
