@@ -1,0 +1,33 @@
+import json
+
+from recall2imagine import plot
+
+
+def _fake_run(path, slope):
+    path.mkdir(parents=True)
+    with open(path / "metrics.jsonl", "w") as f:
+        for i in range(50):
+            f.write(json.dumps({"step": i * 100, "episode/score": slope * i, "fps": 3.0}) + "\n")
+            f.write(json.dumps({"step": i * 100 + 50, "train/model_loss": 1.0}) + "\n")
+        f.write('{"step": 5000, "episode/sco')  # a line cut off by a crash is skipped
+
+
+def test_plot_writes_png_and_averages_seeds(tmp_path):
+    for seed, slope in enumerate([1.0, 2.0]):
+        _fake_run(tmp_path / f"s{seed}", slope)
+    steps, values = plot.load_curve(tmp_path / "s0")
+    assert len(steps) == 50 and values[-1] == 49.0
+    out = tmp_path / "curves.png"
+    code = plot.main([str(tmp_path / "s0"), str(tmp_path / "s1"), "--labels", "r2i", "r2i",
+                      "--out", str(out), "--window", "5"])
+    assert code == 0 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+
+
+def test_smooth_is_trailing_mean():
+    import numpy as np
+    np.testing.assert_allclose(plot.smooth(np.array([1.0, 3.0, 5.0, 7.0]), 2), [1.0, 2.0, 4.0, 6.0])
+
+
+def test_missing_run_is_an_error(tmp_path, capsys):
+    assert plot.main([str(tmp_path / "nope"), "--out", str(tmp_path / "x.png")]) == 2
+    assert "metrics.jsonl" in capsys.readouterr().err
