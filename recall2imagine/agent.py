@@ -14,6 +14,7 @@ import numpy as np
 import optax
 
 from recall2imagine.nets import dists
+from recall2imagine.nets.gru import GRURSSM
 from recall2imagine.nets.heads import VectorDecoder, VectorEncoder, select_keys
 from recall2imagine.nets.layers import MLP, feature_size, features
 from recall2imagine.nets.rssm import RSSM
@@ -25,7 +26,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 
 class WorldModel(eqx.Module):
     encoder: VectorEncoder
-    rssm: RSSM
+    rssm: RSSM | GRURSSM
     decoder: VectorDecoder
     reward: MLP
     cont: MLP
@@ -37,13 +38,45 @@ class WorldModel(eqx.Module):
         dec_keys = select_keys(obs_space, d.mlp_keys, d.cnn_keys)
         dim = lambda ks_: sum(int(np.prod(obs_space[k][0])) for k in ks_)
         self.encoder = VectorEncoder(keys, dim(keys), e.mlp_layers, e.mlp_units, e.symlog_inputs, key=ks[0])
-        self.rssm = RSSM(cfg, e.mlp_units, act_dim, parallel, key=ks[1])
-        fs = lambda inputs: feature_size(inputs, cfg.rssm.deter, cfg.rssm.stoch, cfg.rssm.classes,
-                                         self.rssm.stack.state_shape)
-        self.decoder = VectorDecoder(dec_keys, fs(d.inputs), dim(dec_keys), d.mlp_layers, d.mlp_units, key=ks[2])
+        cores = {"ssm": RSSM, "gru": GRURSSM}
+        if cfg.rssm.core not in cores:
+            raise ValueError(f"rssm.core must be ssm or gru, got {cfg.rssm.core!r}")
+        self.rssm = cores[cfg.rssm.core](cfg, e.mlp_units, act_dim, parallel, key=ks[1])
+        fs = lambda inputs, name: feature_size(inputs, self.rssm.feature_sizes(), name)
+        self.decoder = VectorDecoder(dec_keys, fs(d.inputs, "decoder.inputs"), dim(dec_keys), d.mlp_layers,
+                                     d.mlp_units, key=ks[2])
         r, c = cfg.reward_head, cfg.cont_head
-        self.reward = MLP(fs(r.inputs), r.layers, r.units, r.bins, key=ks[3], outscale=r.outscale)
-        self.cont = MLP(fs(c.inputs), c.layers, c.units, 1, key=ks[4], outscale=c.outscale)
+        self.reward = MLP(fs(r.inputs, "reward_head.inputs"), r.layers, r.units, r.bins, key=ks[3],
+                          outscale=r.outscale)
+        self.cont = MLP(fs(c.inputs, "cont_head.inputs"), c.layers, c.units, 1, key=ks[4], outscale=c.outscale)
+
+
+def optimize(opt, loss_fn, params, opt_state, scale, good, fp16):
+    """One optimiser step with a skip of non-finite updates and, for float16, dynamic loss scaling.
+
+    loss_fn(params) -> (loss, aux). The loss is multiplied by `scale` before differentiation and
+    the gradients divided by it; on non-finite gradients the update is skipped and the scale
+    halved, after 1000 finite steps in a row it doubles (clipped to [1e-4, 1e4]).
+    Returns (params, opt_state, scale, good, loss, aux, grads, finite).
+    """
+    def scaled(p):
+        loss, aux = loss_fn(p)
+        return loss * scale, (loss, aux)
+
+    (_, (loss, aux)), grads = jax.value_and_grad(scaled, has_aux=True)(params)
+    grads = jax.tree.map(lambda g: g / scale, grads)
+    finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    updates, new_state = opt.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    keep = lambda new, old: jnp.where(finite, new, old)
+    params, opt_state = jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_state, opt_state)
+    if fp16:
+        grow = finite & (good + 1 >= 1000)
+        scale = jnp.clip(jnp.where(finite, jnp.where(grow, 2 * scale, scale), scale / 2), 1e-4, 1e4)
+        good = jnp.where(finite & ~grow, good + 1, 0)
+    else:
+        good = jnp.where(finite, good + 1, 0)
+    return params, opt_state, scale, good, loss, aux, grads, finite
 
 
 def lambda_return(reward, cont, value, gamma, lam):
@@ -71,6 +104,8 @@ class AgentState(NamedTuple):
     critic_opt: optax.OptState
     retnorm: jax.Array  # [2] EMAs of the 5th and 95th return percentiles
     updates: jax.Array  # [] number of updates done
+    loss_scale: jax.Array  # [3] dynamic loss scales of model, actor, critic (float16 only, else 1)
+    good_steps: jax.Array  # [3] consecutive finite steps per optimiser
 
 
 def _adam(lr, eps, clip, wd=0.0, wd_mask=None):
@@ -108,18 +143,18 @@ class Agent:
         self.discrete = act_space.discrete
         self.act_dim = act_space.n
         self.dtype = DTYPES[cfg.jax.precision]
+        self.fp16 = self.dtype == jnp.float16
         parallel = {"auto": jax.default_backend() != "cpu", "True": True, "False": False}
         if str(cfg.ssm.parallel) not in parallel:
             raise ValueError(f"ssm.parallel must be auto, True or False, got {cfg.ssm.parallel!r}")
         parallel = parallel[str(cfg.ssm.parallel)]
         k_wm, k_actor, k_critic = jax.random.split(key, 3)
         wm = WorldModel(cfg, obs_space, self.act_dim, parallel, key=k_wm)
-        fs = lambda inputs: feature_size(inputs, cfg.rssm.deter, cfg.rssm.stoch, cfg.rssm.classes,
-                                         wm.rssm.stack.state_shape)
+        fs = lambda inputs, name: feature_size(inputs, wm.rssm.feature_sizes(), name)
         a, c = cfg.actor, cfg.critic
         actor_out = self.act_dim if self.discrete else 2 * self.act_dim
-        actor = MLP(fs(a.inputs), a.layers, a.units, actor_out, key=k_actor)
-        critic = MLP(fs(c.inputs), c.layers, c.units, c.bins, key=k_critic, outscale=c.outscale)
+        actor = MLP(fs(a.inputs, "actor.inputs"), a.layers, a.units, actor_out, key=k_actor)
+        critic = MLP(fs(c.inputs, "critic.inputs"), c.layers, c.units, c.bins, key=k_critic, outscale=c.outscale)
         self.bins = dists.twohot_bins(c.bins)
         wm_params = eqx.filter(wm, eqx.is_array)
         m, a, c = cfg.model_opt, cfg.actor_opt, cfg.critic_opt
@@ -135,7 +170,9 @@ class Agent:
             wm_opt=self.wm_opt.init(wm_params),
             actor_opt=self.actor_opt.init(eqx.filter(actor, eqx.is_array)),
             critic_opt=self.critic_opt.init(eqx.filter(critic, eqx.is_array)),
-            retnorm=jnp.zeros(2, jnp.float32), updates=jnp.zeros((), jnp.int32))
+            retnorm=jnp.zeros(2, jnp.float32), updates=jnp.zeros((), jnp.int32),
+            loss_scale=jnp.full(3, 1e4 if self.dtype == jnp.float16 else 1.0, jnp.float32),
+            good_steps=jnp.zeros(3, jnp.int32))
         self._train = eqx.filter_jit(self._train_impl, donate="all-except-first")
         self._policy = eqx.filter_jit(self._policy_impl)
 
@@ -193,20 +230,26 @@ class Agent:
         return metrics
 
     def _train_impl(self, key, state, batch):  # key first: state and batch are donated
-        k_wm, k_imag = jax.random.split(key)
+        k_wm, k_imag, k_start = jax.random.split(key, 3)
         wm_params, wm_static = eqx.partition(state.wm, eqx.is_array)
 
         def wm_loss_fn(params):
             return self._wm_loss(eqx.combine(params, wm_static), batch, k_wm)
 
-        (_, (post, wm_metrics)), grads = jax.value_and_grad(wm_loss_fn, has_aux=True)(wm_params)
-        updates, wm_opt = self.wm_opt.update(grads, state.wm_opt, wm_params)
-        wm = eqx.combine(optax.apply_updates(wm_params, updates), wm_static)
-        metrics = dict(wm_metrics)
+        scale, good = state.loss_scale, state.good_steps
+        wm_params, wm_opt, s0, g0, _, (post, wm_metrics), grads, finite = optimize(
+            self.wm_opt, wm_loss_fn, wm_params, state.wm_opt, scale[0], good[0], self.fp16)
+        wm = eqx.combine(wm_params, wm_static)
+        metrics = dict(wm_metrics, model_opt_skipped=1.0 - finite, model_opt_loss_scale=s0)
         metrics.update(self._grad_norms("model_opt", grads))
+        state = state._replace(loss_scale=scale.at[0].set(s0), good_steps=good.at[0].set(g0))
 
         start = jax.tree.map(lambda x: sg(x.reshape((-1,) + x.shape[2:])), post)  # [B*T]
         start_cont = 1.0 - batch["is_terminal"].reshape(-1).astype(jnp.float32)
+        n = self.cfg.imag_starts
+        if 0 < n < start_cont.shape[0]:  # imagine from a random subset of the B*T posterior states
+            idx = jax.random.permutation(k_start, start_cont.shape[0])[:n]
+            start, start_cont = jax.tree.map(lambda x: x[idx], start), start_cont[idx]
         state = state._replace(wm=wm, wm_opt=wm_opt)
         state, ac_metrics = self._actor_critic(state, start, start_cont, k_imag)
         metrics.update(ac_metrics)
@@ -307,10 +350,12 @@ class Agent:
                 critic_value=value.mean(), imag_cont=weight[-1].mean()))
             return loss, aux
 
-        (_, aux), grads = jax.value_and_grad(actor_loss_fn, has_aux=True)(actor_params, state.retnorm)
-        updates, actor_opt = self.actor_opt.update(grads, state.actor_opt, actor_params)
-        actor = eqx.combine(optax.apply_updates(actor_params, updates), actor_static)
-        metrics = dict(aux["metrics"], actor_opt_grad_norm=optax.tree.norm(grads))
+        scale, good = state.loss_scale, state.good_steps
+        actor_params, actor_opt, s1, g1, _, aux, grads, finite = optimize(
+            self.actor_opt, lambda p: actor_loss_fn(p, state.retnorm), actor_params, state.actor_opt,
+            scale[1], good[1], self.fp16)
+        actor = eqx.combine(actor_params, actor_static)
+        metrics = dict(aux["metrics"], actor_opt_grad_norm=optax.tree.norm(grads), actor_opt_skipped=1.0 - finite)
 
         # critic on the same trajectory (states 0..K-1), targets from the fast critic's returns
         states = jax.tree.map(lambda x: sg(x[:-1]), aux["latents"])
@@ -324,15 +369,19 @@ class Agent:
             loss = loss - cfg.loss_scales.slowreg * dists.twohot_logprob(logits, slow_mean, self.bins)
             return (weight * loss).mean() * cfg.loss_scales.critic
 
-        loss, grads = jax.value_and_grad(critic_loss_fn)(critic_params)
-        updates, critic_opt = self.critic_opt.update(grads, state.critic_opt, critic_params)
-        critic = eqx.combine(optax.apply_updates(critic_params, updates), critic_static)
-        metrics.update(critic_loss=loss, critic_opt_grad_norm=optax.tree.norm(grads))
+        critic_params, critic_opt, s2, g2, loss, _, grads, finite_c = optimize(
+            self.critic_opt, lambda p: (critic_loss_fn(p), None), critic_params, state.critic_opt,
+            scale[2], good[2], self.fp16)
+        critic = eqx.combine(critic_params, critic_static)
+        metrics.update(critic_loss=loss, critic_opt_grad_norm=optax.tree.norm(grads),
+                       critic_opt_skipped=1.0 - finite_c)
         # slow critic: full copy on the first update, then EMA with slow_critic_fraction
         mix = jnp.where(state.updates == 0, 1.0, cfg.slow_critic_fraction)
         slow = jax.tree.map(lambda s_, c_: (1 - mix) * s_ + mix * c_,
                             eqx.filter(state.slow_critic, eqx.is_array), eqx.filter(critic, eqx.is_array))
         slow = eqx.combine(slow, critic_static)
         state = state._replace(actor=actor, actor_opt=actor_opt, critic=critic, critic_opt=critic_opt,
-                               slow_critic=slow, retnorm=aux["retnorm"])
+                               slow_critic=slow, retnorm=aux["retnorm"],
+                               loss_scale=scale.at[1].set(s1).at[2].set(s2),
+                               good_steps=good.at[1].set(g1).at[2].set(g2))
         return state, metrics

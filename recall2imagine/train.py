@@ -36,10 +36,6 @@ def setup_jax(cfg):
     if cfg.jax.precision not in ("float32", "bfloat16", "float16"):
         raise configlib.ConfigError(
             f"--jax.precision must be float32, bfloat16 or float16, got {cfg.jax.precision!r}")
-    if cfg.jax.precision == "float16":
-        # float16 needs dynamic loss scaling, which this build does not have yet; bfloat16 has the
-        # float32 exponent range and needs none.
-        print("note: jax.precision float16 runs as bfloat16 (no loss scaling needed)", flush=True)
     return backend
 
 

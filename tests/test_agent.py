@@ -138,3 +138,39 @@ def test_train_step_updates_everything_and_is_finite():
     obs_b = {k: np.stack([v, v]) for k, v in obs.items()}
     action, state = agent.policy(obs_b, None, jax.random.PRNGKey(0))
     assert action.shape == (2, A) and np.allclose(action.sum(-1), 1)
+
+
+def test_optimize_skips_nonfinite_and_scales_loss():
+    import optax
+    from recall2imagine.agent import optimize
+    opt = optax.sgd(0.1)
+    params = {"w": jnp.ones(3)}
+    state = opt.init(params)
+    bad = lambda p: ((p["w"] * jnp.array([1.0, jnp.inf, 1.0])).sum(), None)
+    p2, _, scale, good, _, _, _, finite = optimize(opt, bad, params, state, jnp.float32(1e4), jnp.int32(5), True)
+    assert not bool(finite) and float(scale) == 5e3 and int(good) == 0
+    np.testing.assert_array_equal(p2["w"], params["w"])  # skipped
+    good_fn = lambda p: ((p["w"] ** 2).sum(), None)
+    p3, _, scale, good, loss, _, grads, finite = optimize(opt, good_fn, params, state, jnp.float32(1e4),
+                                                          jnp.int32(999), True)
+    assert bool(finite) and float(scale) == 1e4 and int(good) == 0  # doubled, clipped at 1e4
+    np.testing.assert_allclose(grads["w"], 2.0)  # unscaled gradients
+    np.testing.assert_allclose(p3["w"], 0.8)
+    assert float(loss) == 3.0
+
+
+def test_float16_train_step_is_finite():
+    cfg, env, agent = _debug_agent("--jax.precision", "float16")
+    rng = np.random.default_rng(0)
+    B, T, A = cfg.batch_size, cfg.batch_length, agent.act_dim
+    batch = {
+        "vector": rng.integers(0, 2, (B, T) + env.obs_space["vector"][0]).astype(np.float32),
+        "reward": rng.normal(size=(B, T)).astype(np.float32),
+        "is_first": np.zeros((B, T), bool), "is_last": np.zeros((B, T), bool),
+        "is_terminal": np.zeros((B, T), bool),
+        "action": np.eye(A, dtype=np.float32)[rng.integers(0, A, (B, T))],
+    }
+    batch["is_first"][:, 0] = True
+    metrics = jax.device_get(agent.train(batch, jax.random.PRNGKey(0)))
+    assert np.isfinite(metrics["model_loss"]) and metrics["model_opt_loss_scale"] > 0
+    assert agent.state.wm.rssm.stack.blocks[0].ssm.B.dtype == jnp.float32  # params stay float32

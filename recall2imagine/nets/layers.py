@@ -87,12 +87,14 @@ class MLP(eqx.Module):
         return x
 
 
-def feature_size(inputs, deter, stoch, classes, hidden_shape):
-    """Width of `features(...)` for the given input keys."""
-    sizes = {"deter": deter, "stoch": stoch * classes, "hidden": 2 * hidden_shape[0] * hidden_shape[1]}
+def feature_size(inputs, sizes, name="inputs"):
+    """Width of `features(...)` for the given input keys; `sizes` from `rssm.feature_sizes()`."""
+    if "hidden" in inputs and "hidden" not in sizes:
+        raise ValueError(f"{name} asks for 'hidden', the SSM state, which --rssm.core gru does not have; "
+                         f"use e.g. --actor.inputs deter,stoch --critic.inputs deter,stoch")
     unknown = [k for k in inputs if k not in sizes]
     if unknown:
-        raise ValueError(f"unknown network input {unknown}; choose among {sorted(sizes)}")
+        raise ValueError(f"unknown network input {unknown} in {name}; choose among {sorted(sizes)}")
     return sum(sizes[k] for k in inputs)
 
 

@@ -63,6 +63,11 @@ class RSSM(eqx.Module):
         self.reset = s.reset_mode == "init"
         self.parallel = parallel
 
+    def feature_sizes(self):
+        """Width of each latent entry once flattened (see layers.features)."""
+        L, P = self.stack.state_shape
+        return dict(deter=self.out_proj.w.shape[1], stoch=self.stoch * self.classes, hidden=2 * L * P)
+
     # ------------------------------------------------------------ pieces
 
     def _stats(self, x, out, stats):  # [..., *] -> logit [..., S, C] float32

@@ -7,7 +7,81 @@ boundaries (spec 7.2) and are drawn uniformly over all windows still stored.
 """
 from __future__ import annotations
 
+import json
+import os
+import pathlib
+
 import numpy as np
+
+
+class ReplayError(ValueError):
+  """A replay cannot be created, opened or restored; the message says why and
+  what to change."""
+
+
+# Helpers shared with DiskReplay (replay/disk.py).
+
+
+def check_add(step: dict, workers, num_workers: int):
+  """Validates one add() call; returns (workers int64 [N], step of arrays)."""
+  workers = np.asarray(workers, np.int64).reshape(-1)
+  step = {k: np.asarray(v) for k, v in step.items()}
+  if len(np.unique(workers)) != len(workers):
+    raise ValueError('workers of one add() call must be distinct')
+  if np.any(workers < 0) or np.any(workers >= num_workers):
+    raise ValueError(f'worker ids must lie in [0, {num_workers})')
+  for key, value in step.items():
+    if value.ndim == 0 or len(value) != len(workers):
+      raise ValueError(f'{key}: leading dim {value.shape[:1]} != '
+                       f'{len(workers)} workers')
+  return workers, step
+
+
+def draw_windows(rng, counts, stored, batch_size: int, length: int,
+                 num_steps: int):
+  """Uniform windows over all stored windows of all workers.
+
+  ``counts[w]``: steps ever written by worker w; ``stored[w]``: how many of
+  its newest steps are still readable. Returns ``(worker [B], start [B])``
+  with ``start`` the ever-written index of the window's first step.
+  """
+  windows = np.maximum(stored - length + 1, 0)
+  total = int(windows.sum())
+  if total == 0:
+    raise ValueError(f'no window of length {length} stored yet '
+                     f'({num_steps} steps in replay)')
+  flat = rng.integers(0, total, size=batch_size)
+  cum = np.cumsum(windows)
+  worker = np.searchsorted(cum, flat, side='right')
+  offset = flat - (cum[worker] - windows[worker])
+  start = counts[worker] - stored[worker] + offset
+  return worker, start
+
+
+def fsync_dir(directory) -> None:
+  fd = os.open(directory, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+def atomic_write(path, write) -> None:
+  """Calls ``write(fileobj)`` on a temp file next to ``path``, fsyncs it and
+  renames it over ``path``; on any error the temp file is removed and
+  ``path`` is untouched."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+  try:
+    with open(tmp, 'wb') as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
+  fsync_dir(path.parent)
 
 
 class MemoryReplay:
@@ -37,12 +111,7 @@ class MemoryReplay:
 
   def add(self, step: dict, workers) -> None:
     """Adds one step per worker: every ``step[key]`` has leading dim N."""
-    workers = np.asarray(workers, np.int64).reshape(-1)
-    step = {k: np.asarray(v) for k, v in step.items()}
-    if len(np.unique(workers)) != len(workers):
-      raise ValueError('workers of one add() call must be distinct')
-    if np.any(workers < 0) or np.any(workers >= self.num_workers):
-      raise ValueError(f'worker ids must lie in [0, {self.num_workers})')
+    workers, step = check_add(step, workers, self.num_workers)
     if self.data is None:
       self._allocate(step)
     if set(step) != set(self.data):
@@ -50,8 +119,6 @@ class MemoryReplay:
                      f'{sorted(self.data)}')
     pos = self.counts[workers] % self.per_worker
     for key, value in step.items():
-      if len(value) != len(workers):
-        raise ValueError(f'{key}: leading dim {len(value)} != {len(workers)}')
       self.data[key][workers, pos] = value
     self.counts[workers] += 1
 
@@ -72,18 +139,9 @@ class MemoryReplay:
     if length > self.per_worker:
       raise ValueError(f'length {length} exceeds the per-worker ring size '
                        f'{self.per_worker}')
-    stored = self.stored()
-    windows = np.maximum(stored - length + 1, 0)
-    total = int(windows.sum())
-    if total == 0:
-      raise ValueError(f'no window of length {length} stored yet '
-                       f'({len(self)} steps in replay)')
-    flat = self.rng.integers(0, total, size=batch_size)
-    cum = np.cumsum(windows)
-    worker = np.searchsorted(cum, flat, side='right')
-    offset = flat - (cum[worker] - windows[worker])
-    # Global (ever-written) index of each window start, then ring positions.
-    start = self.counts[worker] - stored[worker] + offset
+    worker, start = draw_windows(self.rng, self.counts, self.stored(),
+                                 batch_size, length, len(self))
+    # Ever-written index of each window start -> ring positions.
     pos = (start[:, None] + np.arange(length)[None]) % self.per_worker
     w = worker[:, None]
     batch = {key: arr[w, pos] for key, arr in self.data.items()}
@@ -116,3 +174,51 @@ class MemoryReplay:
     self.data = ({k: np.array(v) for k, v in d['data'].items()}
                  if len(d['data']) else None)
     self.rng.bit_generator.state = d['rng']
+
+  # Saving to / loading from a directory (the interface DiskReplay shares).
+
+  FILENAME = 'replay.npz'
+
+  def save(self, directory) -> dict:
+    """Writes ``<directory>/replay.npz`` atomically (temp file, fsync,
+    rename). Returns a small JSON-able summary for checkpoint metadata."""
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    keys = [] if self.data is None else list(self.data)
+    header = dict(kind='memory', capacity=self.capacity,
+                  num_workers=self.num_workers, keys=keys,
+                  rng=self.rng.bit_generator.state)
+    arrays = {'header': np.array(json.dumps(header)), 'counts': self.counts}
+    for i, key in enumerate(keys):
+      arrays[f'data{i}'] = self.data[key]
+    atomic_write(directory / self.FILENAME, lambda f: np.savez(f, **arrays))
+    return self.info()
+
+  def load(self, directory) -> bool:
+    """Restores from ``save(directory)``; False when there is nothing there.
+    Raises ReplayError when the file belongs to another replay shape."""
+    path = pathlib.Path(directory) / self.FILENAME
+    if not path.exists():
+      return False
+    with np.load(path, allow_pickle=False) as f:
+      header = json.loads(str(f['header']))
+      if header.get('kind') != 'memory':
+        raise ReplayError(f'{path} holds a {header.get("kind")} replay, not a '
+                          'memory replay')
+      if (header['capacity'], header['num_workers']) != (self.capacity,
+                                                         self.num_workers):
+        raise ReplayError(
+            f'{path} holds a replay of capacity {header["capacity"]} with '
+            f'{header["num_workers"]} workers; this run asks for capacity '
+            f'{self.capacity} with {self.num_workers}: use the same '
+            '--replay_size and envs.amount')
+      data = {k: f[f'data{i}'] for i, k in enumerate(header['keys'])}
+      self.counts = np.asarray(f['counts'], np.int64)
+    self.data = data or None  # freshly read arrays: no second copy
+    self.rng.bit_generator.state = header['rng']
+    return True
+
+  def info(self) -> dict:
+    return dict(kind='memory', size=len(self), capacity=self.capacity,
+                num_workers=self.num_workers,
+                counts=[int(c) for c in self.counts])
