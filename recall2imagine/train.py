@@ -54,10 +54,11 @@ def run(cfg):
     import jax
 
     from recall2imagine.agent import Agent
+    from recall2imagine.checkpoint import Checkpointer, CheckpointError, config_hash
     from recall2imagine.driver import Driver
     from recall2imagine.envs import make_env
     from recall2imagine.logging import Logger
-    from recall2imagine.replay import MemoryReplay
+    from recall2imagine.replay import make_replay
 
     backend = setup_jax(cfg)
     logdir = pathlib.Path(cfg.logdir or configlib.default_logdir(cfg)).expanduser()
@@ -68,19 +69,43 @@ def run(cfg):
 
     envs = [make_env(cfg.task, seed=cfg.seed * 1000 + i) for i in range(cfg.envs.amount)]
     obs_space, act_space = envs[0].obs_space, envs[0].act_space
-    replay = MemoryReplay(cfg.replay_size, num_workers=len(envs), seed=cfg.seed)
+    replay = make_replay(cfg.replay, cfg.replay_size, len(envs), seed=cfg.seed,
+                         directory=cfg.replay_dir or logdir / "replay")
     agent = Agent(cfg, obs_space, act_space, jax.random.PRNGKey(cfg.seed))
     driver = Driver(envs)
     logger = Logger(logdir)
     rng = np.random.default_rng(cfg.seed)
     key = jax.random.PRNGKey(cfg.seed + 1)
+    counters = dict(step=0, updates=0, owed=0.0)
+
+    # resume from the newest intact checkpoint in the logdir (model, optimisers, replay, counters)
+    ckpt = Checkpointer(logdir / "checkpoints", keep=cfg.run.keep_checkpoints)
+    chash = config_hash({k: v for k, v in cfg.flat().items() if not k.startswith("run.")})
+    restored = ckpt.load_latest({"agent": agent.state, "key": key}, extra=replay.load)
+    if restored:
+        step, tree, meta = restored
+        agent.state, key = tree["agent"], tree["key"]
+        counters.update(meta["counters"])
+        rng.bit_generator.state = meta["np_rng"]
+        print(f"resumed from {ckpt.loaded} at step {counters['step']} ({len(replay)} replay steps)", flush=True)
+        if meta.get("config_hash") != chash:
+            print("warning: the config differs from the checkpoint's; continuing with the new one",
+                  file=sys.stderr, flush=True)
+
+    def save_checkpoint():
+        meta = dict(counters=dict(counters), np_rng=rng.bit_generator.state, config_hash=chash,
+                    replay=replay.info())
+        try:
+            ckpt.save(counters["step"], {"agent": agent.state, "key": key}, meta, extra=replay.save)
+        except CheckpointError as e:  # e.g. disk full: keep training, keep the older checkpoints
+            print(f"warning: {e}", file=sys.stderr, flush=True)
+        last["save"] = time.time()
 
     batch_steps = cfg.batch_size * cfg.batch_length
     fill = cfg.run.train_fill or max(batch_steps, cfg.batch_length * len(envs))
-    counters = dict(step=0, updates=0, owed=0.0)
     scores = collections.deque(maxlen=50)
     pending = []  # device metrics not yet fetched
-    last = dict(time=time.time(), step=0, updates=0)
+    last = dict(time=time.time(), save=time.time(), step=counters["step"], updates=counters["updates"])
 
     def on_step(tran, workers):
         replay.add(tran, workers)
@@ -101,6 +126,8 @@ def run(cfg):
             counters["updates"] += 1
         if time.time() - last["time"] >= cfg.run.log_every:
             write_logs()
+        if time.time() - last["save"] >= cfg.run.save_every:
+            save_checkpoint()
 
     def write_logs():
         now = time.time()
@@ -114,8 +141,6 @@ def run(cfg):
         logger.write(counters["step"])
         last.update(time=now, step=counters["step"], updates=counters["updates"])
 
-    state = {"policy": None}
-
     def agent_policy(obs, pstate):
         nonlocal key
         key, sub = jax.random.split(key)
@@ -125,21 +150,22 @@ def run(cfg):
     start = time.time()
     interrupted = False
     try:
-        print(f"prefill {fill} steps with a random policy", flush=True)
-        driver(random_policy(act_space, rng), steps=fill, on_step=on_step, on_episode=on_episode)
-        driver.reset_state()
+        if len(replay) < fill:
+            print(f"prefill {fill - len(replay)} steps with a random policy", flush=True)
+            driver(random_policy(act_space, rng), steps=fill - len(replay), on_step=on_step, on_episode=on_episode)
+            driver.reset_state()
         while counters["step"] < cfg.run.steps:
             driver(agent_policy, steps=min(len(envs) * 16, cfg.run.steps - counters["step"]),
                    on_step=train_on_step, on_episode=on_episode)
     except KeyboardInterrupt:
         interrupted = True
-        print("\ninterrupted: writing what was collected", flush=True)
+        print("\ninterrupted: saving a checkpoint and the logs", flush=True)
     finally:
         write_logs()
+        save_checkpoint()
         logger.close()
         for env in envs:
             env.close()
-    del state
     mean = float(np.mean(scores)) if scores else float("nan")
     minutes = (time.time() - start) / 60
     print(f"{'stopped' if interrupted else 'done'}: {counters['step']} env steps, {counters['updates']} updates, "

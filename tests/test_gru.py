@@ -67,10 +67,11 @@ def test_gru_observe_matches_step_loop_with_resets():
     assert post["deter"].shape == (B, T, cfg.rssm.deter)
     assert post["stoch"].shape == prior["logit"].shape == (B, T, cfg.rssm.stoch, cfg.rssm.classes)
     keys = jax.random.split(key, T)
-    fresh = rssm.img_step(rssm.initial((1,)), jnp.zeros((1, A)), keys[0])["deter"][0]
+    obs_step, img_step = eqx.filter_jit(GRURSSM.obs_step), eqx.filter_jit(GRURSSM.img_step)
+    fresh = img_step(rssm, rssm.initial((1,)), jnp.zeros((1, A)), keys[0])["deter"][0]
     latent = start
     for t in range(T):
-        step = rssm.obs_step(latent, prev_action[:, t], embed[:, t], jnp.asarray(is_first[:, t]), keys[t])
+        step = obs_step(rssm, latent, prev_action[:, t], embed[:, t], jnp.asarray(is_first[:, t]), keys[t])
         np.testing.assert_allclose(step["deter"], post["deter"][:, t], rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(step["logit"], post["logit"][:, t], rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(step["stoch"], post["stoch"][:, t], atol=1e-5)  # same samples
@@ -78,7 +79,7 @@ def test_gru_observe_matches_step_loop_with_resets():
         # the prior path (img_step after an explicit reset) gives the same deterministic state
         keep = lambda x, y: jnp.where(is_first[:, t].reshape((B,) + (1,) * (x.ndim - 1)), y, x)
         reset = jax.tree.map(keep, latent, rssm.initial((B,)))
-        img = rssm.img_step(reset, prev_action[:, t] * (1.0 - is_first[:, t, None]), keys[t])
+        img = img_step(rssm, reset, prev_action[:, t] * (1.0 - is_first[:, t, None]), keys[t])
         np.testing.assert_allclose(img["deter"], post["deter"][:, t], rtol=1e-4, atol=1e-5)
         for b in np.flatnonzero(is_first[:, t]):  # a reset forgets everything before it
             np.testing.assert_allclose(post["deter"][b, t], fresh, rtol=1e-4, atol=1e-5)

@@ -189,8 +189,10 @@ class MemoryReplay:
                   num_workers=self.num_workers, keys=keys,
                   rng=self.rng.bit_generator.state)
     arrays = {'header': np.array(json.dumps(header)), 'counts': self.counts}
+    # ring slots [0, filled) are the only ones ever written: save just those
+    filled = int(min(self.counts.max(initial=0), self.capacity // self.num_workers))
     for i, key in enumerate(keys):
-      arrays[f'data{i}'] = self.data[key]
+      arrays[f'data{i}'] = self.data[key][:, :filled]
     atomic_write(directory / self.FILENAME, lambda f: np.savez(f, **arrays))
     return self.info()
 
@@ -212,9 +214,15 @@ class MemoryReplay:
             f'{header["num_workers"]} workers; this run asks for capacity '
             f'{self.capacity} with {self.num_workers}: use the same '
             '--replay_size and envs.amount')
-      data = {k: f[f'data{i}'] for i, k in enumerate(header['keys'])}
+      data = {}
+      for i, k in enumerate(header['keys']):
+        saved = f[f'data{i}']  # [W, filled, ...]
+        full = np.zeros((self.num_workers, self.capacity // self.num_workers)
+                        + saved.shape[2:], saved.dtype)
+        full[:, :saved.shape[1]] = saved
+        data[k] = full
       self.counts = np.asarray(f['counts'], np.int64)
-    self.data = data or None  # freshly read arrays: no second copy
+    self.data = data or None
     self.rng.bit_generator.state = header['rng']
     return True
 
