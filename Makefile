@@ -22,7 +22,8 @@ PYTEST_ARGS ?=
 
 install: python-deps system-deps
 
-# Creates the venv when missing; reinstalls when pyproject.toml or the Python version changed
+# Creates the venv when missing; reinstalls when pyproject.toml, constraints.txt (every transitive
+# dependency pinned, from `pip freeze`) or the Python version changed
 # (the stamp holds their hash, so fresh checkouts with new file times do not reinstall).
 python-deps:
 	@set -e; \
@@ -31,10 +32,10 @@ python-deps:
 	  echo "creating $(VENV) with $(PYTHON)"; \
 	  "$(PYTHON)" -m venv "$(VENV)"; \
 	fi; \
-	want="$$(cat pyproject.toml | sha256sum | cut -d' ' -f1) $$("$(PY)" -c 'import sys; print(sys.version.split()[0])')"; \
+	want="$$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1) $$("$(PY)" -c 'import sys; print(sys.version.split()[0])')"; \
 	if [ -f "$(INSTALL_STAMP)" ] && [ "$$(cat "$(INSTALL_STAMP)")" = "$$want" ]; then exit 0; fi; \
 	"$(PY)" -m pip install -q --upgrade pip || echo "warning: could not upgrade pip; continuing"; \
-	"$(PY)" -m pip install -e .; \
+	"$(PY)" -m pip install -c constraints.txt -e .; \
 	echo "$$want" > "$(INSTALL_STAMP)"
 
 # Installs missing Debian libraries with apt-get when root or passwordless sudo is available.
