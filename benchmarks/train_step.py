@@ -167,7 +167,8 @@ def run_point(spec):
 
     res = dict(core=cfg.rssm.core, length=T, batch=B, tokens=B * T, parallel=bool(agent.state.wm.rssm.parallel),
                device=f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
-               precision=cfg.jax.precision, actor_inputs=",".join(cfg.actor.inputs))
+               precision=cfg.jax.precision, actor_inputs=",".join(cfg.actor.inputs),
+               imag_starts=min(int(cfg.get("imag_starts", 0) or 0) or B * T, B * T), imag_horizon=cfg.imag_horizon)
     times, first = timed(one_wm)
     res.update(wm_ms=1e3 * statistics.median(times), wm_min_ms=1e3 * min(times), wm_first_s=first)
     res["wm_peak_mb"], res["mem_source"] = _peak_memory(jax)
@@ -201,7 +202,7 @@ def write_outputs(out, args, overrides, rows, elapsed):
     # CSV, one row per core and length
     cols = ["core", "length", "batch", "tokens", "parallel", "wm_ms", "wm_min_ms", "wm_first_s", "train_ms",
             "train_min_ms", "train_first_s", "wm_peak_mb", "train_peak_mb", "mem_source", "device", "precision",
-            "actor_inputs", "error"]
+            "actor_inputs", "imag_starts", "error"]
     with open(out / "train_step.csv", "w") as f:
         f.write(",".join(cols) + "\n")
         for r in rows:
@@ -220,6 +221,8 @@ def write_outputs(out, args, overrides, rows, elapsed):
         + (" (--quick)" if args.quick else ""),
         f"- gru actor/critic inputs: {by.get(('gru', lengths[0]), {}).get('actor_inputs', '-') if lengths else '-'}"
         f"; ssm: {by.get(('ssm', lengths[0]), {}).get('actor_inputs', '-') if lengths else '-'}",
+        f"- full agent step imagines from {first.get('imag_starts', '?')} posterior states "
+        f"(`imag_starts`; 0 means all batch*length) x {first.get('imag_horizon', '?')} steps",
         f"- peak memory: {first.get('mem_source', '?')}, one process per point",
         f"- wall time of the benchmark: {elapsed:.0f} s", "",
         "| length | batch | wm ssm ms | wm gru ms | wm gru/ssm | train ssm ms | train gru ms | train gru/ssm "
@@ -244,6 +247,7 @@ def write_outputs(out, args, overrides, rows, elapsed):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         print("matplotlib not installed: no PNG written", flush=True)
         return text
@@ -264,7 +268,7 @@ def write_outputs(out, args, overrides, rows, elapsed):
     ax2.set(xscale="log", xlabel="sequence length", ylabel="time gru / time ssm", title="speed-up of ssm (R2I)")
     for ax in (ax1, ax2):
         ax.set_xticks(lengths, [str(L) for L in lengths])
-        ax.minorticks_off()
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
