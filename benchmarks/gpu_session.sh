@@ -14,6 +14,7 @@ timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_ssm.py 2>&1 | ta
 timeout 330 python3 benchmarks/train_step.py --configs popgym --lengths 256 1024 4096 --tokens 4096 \
   --repeats 5 --warmup 2 --agent False --timeout 150 --out $OUT/bench --jax.platform gpu 2>&1 | tail -30 | tee $OUT/bench.log
 # 3. a short popgym run on the GPU (full popgym config, float16)
-timeout 170 python3 -m recall2imagine.train --configs popgym --logdir $OUT/run --run.log_every 10 \
+timeout 170 python3 -m recall2imagine.train --configs popgym --logdir /tmp/run --run.log_every 10 \
   --jax.platform gpu --replay_size 1000000 2>&1 | tail -25 | tee $OUT/run.log
+cp /tmp/run/metrics.jsonl $OUT/run_metrics.jsonl
 ls -R $OUT | head -30
