@@ -9,7 +9,7 @@ export PYTHONPATH=/tmp/site:$PWD
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv;
   python3 -c "import jax, equinox, optax, numpy; print('jax', jax.__version__, jax.devices(), 'eqx', equinox.__version__, 'optax', optax.__version__, 'numpy', numpy.__version__)"; } 2>&1 | tee $OUT/env.log
 # 1. S5 tests on the GPU (parallel scan vs loop, gradients, step vs scan)
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_ssm.py 2>&1 | tail -5 | tee $OUT/tests.log
+JAX_DEFAULT_MATMUL_PRECISION=highest timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_ssm.py 2>&1 | tail -40 | tee $OUT/tests.log
 # 2. world-model train step, full popgym config, float16, ssm vs gru at equal tokens
 timeout 330 python3 benchmarks/train_step.py --configs popgym --lengths 256 1024 4096 --tokens 4096 \
   --repeats 5 --warmup 2 --agent False --timeout 150 --out $OUT/bench --jax.platform gpu 2>&1 | tail -30 | tee $OUT/bench.log

@@ -112,7 +112,7 @@ def run_point(spec):
         cfg = configlib.parse(spec["argv"] + gru_inputs(cfg))
     import jax
     if cfg.jax.platform != "auto":
-        jax.config.update("jax_platforms", cfg.jax.platform)
+        jax.config.update("jax_platforms", {"gpu": "cuda"}.get(cfg.jax.platform, cfg.jax.platform))
     import equinox as eqx
     import numpy as np
     import optax

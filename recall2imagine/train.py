@@ -28,7 +28,7 @@ def setup_jax(cfg):
     if not cfg.jax.prealloc:
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     if platform != "auto":
-        jax.config.update("jax_platforms", platform)
+        jax.config.update("jax_platforms", {"gpu": "cuda"}.get(platform, platform))
     try:
         backend = jax.default_backend()
     except RuntimeError as e:
