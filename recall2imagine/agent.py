@@ -59,12 +59,15 @@ def optimize(opt, loss_fn, params, opt_state, scale, good, fp16):
     halved, after 1000 finite steps in a row it doubles (clipped to [1e-4, 1e4]).
     Returns (params, opt_state, scale, good, loss, aux, grads, finite).
     """
-    def scaled(p):
-        loss, aux = loss_fn(p)
-        return loss * scale, (loss, aux)
+    if fp16:
+        def scaled(p):
+            loss, aux = loss_fn(p)
+            return loss * scale, (loss, aux)
 
-    (_, (loss, aux)), grads = jax.value_and_grad(scaled, has_aux=True)(params)
-    grads = jax.tree.map(lambda g: g / scale, grads)
+        (_, (loss, aux)), grads = jax.value_and_grad(scaled, has_aux=True)(params)
+        grads = jax.tree.map(lambda g: g * (1.0 / scale), grads)
+    else:
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
     updates, new_state = opt.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
@@ -108,9 +111,27 @@ class AgentState(NamedTuple):
     good_steps: jax.Array  # [3] consecutive finite steps per optimiser
 
 
+def global_norm(tree):
+    """sqrt of the summed squares of all leaves, with one dot product per leaf.
+
+    (optax's square-then-reduce form hits an XLA GPU compiler error on [1]-shaped leaves such as
+    the continue head's bias in jax 0.11.2: "Expected instruction to have shape f32[]".)
+    """
+    leaves = jax.tree.leaves(tree)
+    return jnp.sqrt(sum(jnp.vdot(x.ravel(), x.ravel()).real.astype(jnp.float32) for x in leaves))
+
+
+def clip_by_global_norm(max_norm):
+    def update(updates, state, params=None):
+        norm = global_norm(updates)
+        factor = jnp.where(norm < max_norm, 1.0, max_norm / norm)
+        return jax.tree.map(lambda g: (g * factor).astype(g.dtype), updates), state
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def _adam(lr, eps, clip, wd=0.0, wd_mask=None):
     """clip by global norm -> Adam -> decoupled weight decay on kernels -> scale by -lr."""
-    parts = [optax.clip_by_global_norm(clip), optax.scale_by_adam(eps=eps)]
+    parts = [clip_by_global_norm(clip), optax.scale_by_adam(eps=eps)]
     if wd:
         parts.append(optax.add_decayed_weights(wd, mask=wd_mask))
     parts.append(optax.scale(-lr))
@@ -256,11 +277,11 @@ class Agent:
         return state._replace(updates=state.updates + 1), metrics
 
     def _grad_norms(self, name, grads):
-        out = {f"{name}_grad_norm": optax.tree.norm(grads)}
+        out = {f"{name}_grad_norm": global_norm(grads)}
         if name == "model_opt":
             is_ssm = jax.tree.map(lambda l: l == "ssm", self.labels)
             ssm = [g for g, m in zip(jax.tree.leaves(grads), jax.tree.leaves(is_ssm)) if m]
-            out["model_opt_ssm_grad_norm"] = optax.tree.norm(ssm)
+            out["model_opt_ssm_grad_norm"] = global_norm(ssm)
         return out
 
     def _wm_loss(self, wm, batch, key):
@@ -355,7 +376,7 @@ class Agent:
             self.actor_opt, lambda p: actor_loss_fn(p, state.retnorm), actor_params, state.actor_opt,
             scale[1], good[1], self.fp16)
         actor = eqx.combine(actor_params, actor_static)
-        metrics = dict(aux["metrics"], actor_opt_grad_norm=optax.tree.norm(grads), actor_opt_skipped=1.0 - finite)
+        metrics = dict(aux["metrics"], actor_opt_grad_norm=global_norm(grads), actor_opt_skipped=1.0 - finite)
 
         # critic on the same trajectory (states 0..K-1), targets from the fast critic's returns
         states = jax.tree.map(lambda x: sg(x[:-1]), aux["latents"])
@@ -373,7 +394,7 @@ class Agent:
             self.critic_opt, lambda p: (critic_loss_fn(p), None), critic_params, state.critic_opt,
             scale[2], good[2], self.fp16)
         critic = eqx.combine(critic_params, critic_static)
-        metrics.update(critic_loss=loss, critic_opt_grad_norm=optax.tree.norm(grads),
+        metrics.update(critic_loss=loss, critic_opt_grad_norm=global_norm(grads),
                        critic_opt_skipped=1.0 - finite_c)
         # slow critic: full copy on the first update, then EMA with slow_critic_fraction
         mix = jnp.where(state.updates == 0, 1.0, cfg.slow_critic_fraction)
