@@ -7,6 +7,7 @@ Reports insert steps/s, sample sequences/s (and steps/s), disk bytes per step, r
 memory, and the RSS of a sparse 1e7-step disk replay. Disk reads are mostly served from
 the page cache here (the files were just written); a cold cache reads at disk speed.
 """
+
 import argparse
 import os
 import pathlib
@@ -23,102 +24,124 @@ from recall2imagine.replay import DiskReplay, MemoryReplay  # noqa: E402
 
 
 def rss_mib() -> float:
-  with open('/proc/self/status') as f:
-    for line in f:
-      if line.startswith('VmRSS:'):
-        return int(line.split()[1]) / 1024
-  return float('nan')
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1]) / 1024
+    return float('nan')
 
 
 def make_steps(workers, variants=32, seed=0):
-  """A few distinct Memory Maze-like steps for `workers` envs (cycled through)."""
-  rng = np.random.default_rng(seed)
-  out = []
-  for _ in range(variants):
-    out.append({
-        'image': rng.integers(0, 256, (workers, 64, 64, 3), np.uint8),
-        'action': np.eye(6, dtype=np.float32)[rng.integers(0, 6, workers)],
-        'reward': rng.normal(size=workers).astype(np.float32),
-        'is_first': rng.random(workers) < 0.001,
-        'is_last': np.zeros(workers, bool),
-        'is_terminal': np.zeros(workers, bool),
-        'step_no': rng.integers(0, 1000, workers).astype(np.int32),
-        'reset': np.zeros(workers, bool),
-        'id': rng.integers(0, 256, (workers, 16), np.uint8),
-    })
-  return out
+    """A few distinct Memory Maze-like steps for `workers` envs (cycled through)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(variants):
+        out.append(
+            {
+                'image': rng.integers(0, 256, (workers, 64, 64, 3), np.uint8),
+                'action': np.eye(6, dtype=np.float32)[rng.integers(0, 6, workers)],
+                'reward': rng.normal(size=workers).astype(np.float32),
+                'is_first': rng.random(workers) < 0.001,
+                'is_last': np.zeros(workers, bool),
+                'is_terminal': np.zeros(workers, bool),
+                'step_no': rng.integers(0, 1000, workers).astype(np.int32),
+                'reset': np.zeros(workers, bool),
+                'id': rng.integers(0, 256, (workers, 16), np.uint8),
+            }
+        )
+    return out
 
 
 def bench(name, replay, steps, workers, batch, length, samples):
-  data = make_steps(workers)
-  ids = np.arange(workers)
-  rss0 = rss_mib()
-  t = time.perf_counter()
-  for i in range(steps // workers):
-    replay.add(data[i % len(data)], ids)
-  insert = time.perf_counter() - t
-  n = steps // workers * workers
-  replay.sample(batch, length)  # warm-up
-  t = time.perf_counter()
-  for _ in range(samples):
-    replay.sample(batch, length)
-  sample = time.perf_counter() - t
-  print(f'{name:>6}: insert {n / insert:9,.0f} steps/s | sample {samples * batch / sample:8,.1f} seq/s '
+    data = make_steps(workers)
+    ids = np.arange(workers)
+    rss0 = rss_mib()
+    t = time.perf_counter()
+    for i in range(steps // workers):
+        replay.add(data[i % len(data)], ids)
+    insert = time.perf_counter() - t
+    n = steps // workers * workers
+    replay.sample(batch, length)  # warm-up
+    t = time.perf_counter()
+    for _ in range(samples):
+        replay.sample(batch, length)
+    sample = time.perf_counter() - t
+    print(
+        f'{name:>6}: insert {n / insert:9,.0f} steps/s | sample {samples * batch / sample:8,.1f} seq/s '
         f'({samples * batch * length / sample:10,.0f} steps/s, batch {batch}x{length}) | '
-        f'RSS +{rss_mib() - rss0:7.1f} MiB', flush=True)
+        f'RSS +{rss_mib() - rss0:7.1f} MiB',
+        flush=True,
+    )
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--steps', type=float, default=1e5)
-  parser.add_argument('--workers', type=int, default=4)
-  parser.add_argument('--batch', type=int, default=16)
-  parser.add_argument('--length', type=int, default=64)
-  parser.add_argument('--samples', type=int, default=50, help='sample() calls timed')
-  parser.add_argument('--dir', default='', help='where disk replays go (default: a temp dir)')
-  parser.add_argument('--sparse_steps', type=float, default=1e7,
-                      help='capacity of the sparse replay whose RSS is reported')
-  parser.add_argument('--skip_memory', action='store_true')
-  args = parser.parse_args()
-  steps = int(args.steps)
-  base = pathlib.Path(tempfile.mkdtemp(prefix='replay-bench-', dir=args.dir or None))
-  try:
-    print(f'{steps:,} steps, {args.workers} workers, 64x64x3 uint8 image + action/reward/flags/'
-          f'step_no/id; dir {base}', flush=True)
-    if not args.skip_memory:
-      bench('memory', MemoryReplay(steps, args.workers), steps, args.workers, args.batch,
-            args.length, args.samples)
-    disk = DiskReplay(base / 'disk', steps, args.workers)
-    bench('disk', disk, steps, args.workers, args.batch, args.length, args.samples)
-    t = time.perf_counter()
-    disk.save()
-    save = time.perf_counter() - t
-    allocated = sum(p.stat().st_blocks * 512 for p in (base / 'disk').iterdir())
-    print(f'  disk: {disk.bytes_per_step():,} bytes/step in the layout, {allocated / steps:,.0f} '
-          f'bytes/step allocated ({allocated / 2**30:.2f} GiB for {steps:,}); save() '
-          f'{save * 1e3:.0f} ms', flush=True)
-    disk.close()
-    shutil.rmtree(base / 'disk')
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--steps', type=float, default=1e5)
+    parser.add_argument('--workers', type=int, default=4)
+    parser.add_argument('--batch', type=int, default=16)
+    parser.add_argument('--length', type=int, default=64)
+    parser.add_argument('--samples', type=int, default=50, help='sample() calls timed')
+    parser.add_argument('--dir', default='', help='where disk replays go (default: a temp dir)')
+    parser.add_argument(
+        '--sparse_steps', type=float, default=1e7, help='capacity of the sparse replay whose RSS is reported'
+    )
+    parser.add_argument('--skip_memory', action='store_true')
+    args = parser.parse_args()
+    steps = int(args.steps)
+    base = pathlib.Path(tempfile.mkdtemp(prefix='replay-bench-', dir=args.dir or None))
+    try:
+        print(
+            f'{steps:,} steps, {args.workers} workers, 64x64x3 uint8 image + action/reward/flags/'
+            f'step_no/id; dir {base}',
+            flush=True,
+        )
+        if not args.skip_memory:
+            bench(
+                'memory',
+                MemoryReplay(steps, args.workers),
+                steps,
+                args.workers,
+                args.batch,
+                args.length,
+                args.samples,
+            )
+        disk = DiskReplay(base / 'disk', steps, args.workers)
+        bench('disk', disk, steps, args.workers, args.batch, args.length, args.samples)
+        t = time.perf_counter()
+        disk.save()
+        save = time.perf_counter() - t
+        allocated = sum(p.stat().st_blocks * 512 for p in (base / 'disk').iterdir())
+        print(
+            f'  disk: {disk.bytes_per_step():,} bytes/step in the layout, {allocated / steps:,.0f} '
+            f'bytes/step allocated ({allocated / 2**30:.2f} GiB for {steps:,}); save() '
+            f'{save * 1e3:.0f} ms',
+            flush=True,
+        )
+        disk.close()
+        shutil.rmtree(base / 'disk')
 
-    # RSS of a big sparse replay: created, a few thousand steps in, sampled.
-    n = int(args.sparse_steps)
-    rss0 = rss_mib()
-    big = DiskReplay(base / 'sparse', n, args.workers, check_space=False)
-    data = make_steps(args.workers)
-    for i in range(4000 // args.workers):
-      big.add(data[i % len(data)], np.arange(args.workers))
-    for _ in range(10):
-      big.sample(args.batch, args.length)
-    files = list((base / 'sparse').iterdir())
-    apparent = sum(p.stat().st_size for p in files)
-    allocated = sum(p.stat().st_blocks * 512 for p in files)
-    print(f'sparse {n:,}-step disk replay: files {apparent / 2**30:,.1f} GiB apparent, '
-          f'{allocated / 2**20:,.1f} MiB allocated after 4,000 steps; process VmRSS '
-          f'{rss_mib():,.1f} MiB ({rss_mib() - rss0:+.1f} MiB for the replay)', flush=True)
-    big.close()
-  finally:
-    shutil.rmtree(base, ignore_errors=True)
+        # RSS of a big sparse replay: created, a few thousand steps in, sampled.
+        n = int(args.sparse_steps)
+        rss0 = rss_mib()
+        big = DiskReplay(base / 'sparse', n, args.workers, check_space=False)
+        data = make_steps(args.workers)
+        for i in range(4000 // args.workers):
+            big.add(data[i % len(data)], np.arange(args.workers))
+        for _ in range(10):
+            big.sample(args.batch, args.length)
+        files = list((base / 'sparse').iterdir())
+        apparent = sum(p.stat().st_size for p in files)
+        allocated = sum(p.stat().st_blocks * 512 for p in files)
+        print(
+            f'sparse {n:,}-step disk replay: files {apparent / 2**30:,.1f} GiB apparent, '
+            f'{allocated / 2**20:,.1f} MiB allocated after 4,000 steps; process VmRSS '
+            f'{rss_mib():,.1f} MiB ({rss_mib() - rss0:+.1f} MiB for the replay)',
+            flush=True,
+        )
+        big.close()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == '__main__':
-  main()
+    main()

@@ -16,6 +16,7 @@ ones are deleted only after a new one is committed, and so are folders of steps 
 one just saved (the run resumed from an earlier checkpoint). A full disk during ``save``
 removes the temp folder, leaves earlier checkpoints alone and raises CheckpointError.
 """
+
 from __future__ import annotations
 
 import errno
@@ -40,285 +41,294 @@ _FORMAT = 1
 
 
 class CheckpointError(OSError):
-  """A checkpoint could not be written, or does not fit the current model."""
+    """A checkpoint could not be written, or does not fit the current model."""
 
 
 class CheckpointWarning(UserWarning):
-  """A checkpoint was skipped (incomplete or corrupt)."""
+    """A checkpoint was skipped (incomplete or corrupt)."""
 
 
 # Helpers.
 
 
 def config_hash(obj) -> str:
-  """Short stable hash of a JSON-able object (e.g. ``cfg.to_dict()``)."""
-  text = json.dumps(obj, sort_keys=True, default=_json_default)
-  return hashlib.sha256(text.encode()).hexdigest()[:16]
+    """Short stable hash of a JSON-able object (e.g. ``cfg.to_dict()``)."""
+    text = json.dumps(obj, sort_keys=True, default=_json_default)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _json_default(x):
-  if isinstance(x, np.generic):
-    return x.item()
-  if isinstance(x, (np.ndarray, jax.Array)):
-    return np.asarray(x).tolist()
-  if isinstance(x, pathlib.PurePath):
-    return str(x)
-  raise TypeError(f'{type(x).__name__} is not JSON serialisable')
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, (np.ndarray, jax.Array)):
+        return np.asarray(x).tolist()
+    if isinstance(x, pathlib.PurePath):
+        return str(x)
+    raise TypeError(f'{type(x).__name__} is not JSON serialisable')
 
 
 def _fsync_path(path, directory=False) -> None:
-  fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-  try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_json(path, obj) -> None:
-  with open(path, 'w') as f:
-    json.dump(obj, f, indent=1, default=_json_default)
-    f.flush()
-    os.fsync(f.fileno())
+    with open(path, 'w') as f:
+        json.dump(obj, f, indent=1, default=_json_default)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _sha256(path) -> str:
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    while chunk := f.read(1 << 20):
-      h.update(chunk)
-  return h.hexdigest()
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _fmt_bytes(n: float) -> str:
-  for unit in ('B', 'KiB', 'MiB', 'GiB'):
-    if n < 1024:
-      return f'{n:.1f} {unit}'
-    n /= 1024
-  return f'{n:.1f} TiB'
+    for unit in ('B', 'KiB', 'MiB', 'GiB'):
+        if n < 1024:
+            return f'{n:.1f} {unit}'
+        n /= 1024
+    return f'{n:.1f} TiB'
 
 
 def _is_key(x) -> bool:
-  return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def _serialise_leaf(f, x):
-  if _is_key(x):  # typed PRNG keys (jax.random.key): store the raw key data
-    jnp.save(f, jax.random.key_data(x))
-  else:
-    eqx.default_serialise_filter_spec(f, x)
+    if _is_key(x):  # typed PRNG keys (jax.random.key): store the raw key data
+        jnp.save(f, jax.random.key_data(x))
+    else:
+        eqx.default_serialise_filter_spec(f, x)
 
 
 def _deserialise_leaf(f, x):
-  if _is_key(x):
-    return jax.random.wrap_key_data(jnp.load(f), impl=jax.random.key_impl(x))
-  return eqx.default_deserialise_filter_spec(f, x)
+    if _is_key(x):
+        return jax.random.wrap_key_data(jnp.load(f), impl=jax.random.key_impl(x))
+    return eqx.default_deserialise_filter_spec(f, x)
 
 
 class _Mismatch(Exception):
-  pass
+    pass
 
 
 def _load_tree(path, like):
-  with open(path, 'rb') as f:
-    try:
-      tree = eqx.tree_deserialise_leaves(f, like, filter_spec=_deserialise_leaf)
-    except RuntimeError as e:  # equinox: "Deserialised leaf at path ... has changed shape"
-      raise _Mismatch(str(e).replace('\n', ' ').rstrip('.')) from None
-    except (EOFError, ValueError, OSError) as e:
-      raise _Mismatch(f'it holds fewer or different leaves ({e})') from None
-    if f.read(1):
-      raise _Mismatch('it holds more leaves than the current state')
-  pairs = zip(jax.tree_util.tree_flatten_with_path(like)[0], jax.tree.leaves(tree))
-  for (where, old), new in pairs:
-    if hasattr(old, 'shape') and hasattr(old, 'dtype'):
-      if (tuple(old.shape), old.dtype) != (tuple(new.shape), new.dtype):
-        raise _Mismatch(f'{jax.tree_util.keystr(where)} is {new.dtype}{list(new.shape)} there '
-                        f'but {old.dtype}{list(old.shape)} here')
-  return tree
+    with open(path, 'rb') as f:
+        try:
+            tree = eqx.tree_deserialise_leaves(f, like, filter_spec=_deserialise_leaf)
+        except RuntimeError as e:  # equinox: "Deserialised leaf at path ... has changed shape"
+            raise _Mismatch(str(e).replace('\n', ' ').rstrip('.')) from None
+        except (EOFError, ValueError, OSError) as e:
+            raise _Mismatch(f'it holds fewer or different leaves ({e})') from None
+        if f.read(1):
+            raise _Mismatch('it holds more leaves than the current state')
+    pairs = zip(jax.tree_util.tree_flatten_with_path(like)[0], jax.tree.leaves(tree))
+    for (where, old), new in pairs:
+        if hasattr(old, 'shape') and hasattr(old, 'dtype'):
+            if (tuple(old.shape), old.dtype) != (tuple(new.shape), new.dtype):
+                raise _Mismatch(
+                    f'{jax.tree_util.keystr(where)} is {new.dtype}{list(new.shape)} there '
+                    f'but {old.dtype}{list(old.shape)} here'
+                )
+    return tree
 
 
 # The checkpointer.
 
 
 class Checkpointer:
+    def __init__(self, directory, keep: int = 3):
+        if int(keep) < 1:
+            raise ValueError(f'keep must be >= 1, got {keep}')
+        self.directory = pathlib.Path(directory).expanduser()
+        self.keep = int(keep)
+        self.loaded: pathlib.Path | None = None  # folder that load_latest restored
 
-  def __init__(self, directory, keep: int = 3):
-    if int(keep) < 1:
-      raise ValueError(f'keep must be >= 1, got {keep}')
-    self.directory = pathlib.Path(directory).expanduser()
-    self.keep = int(keep)
-    self.loaded: pathlib.Path | None = None  # folder that load_latest restored
+    def path(self, step: int) -> pathlib.Path:
+        return self.directory / f'ckpt-{int(step):012d}'
 
-  def path(self, step: int) -> pathlib.Path:
-    return self.directory / f'ckpt-{int(step):012d}'
+    def _folders(self):
+        """(step, path) of every ckpt-* folder, committed or not, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        out = []
+        for p in self.directory.iterdir():
+            m = _NAME.match(p.name)
+            if m and p.is_dir():
+                out.append((int(m.group(1)), p))
+        return sorted(out)
 
-  def _folders(self):
-    """(step, path) of every ckpt-* folder, committed or not, oldest first."""
-    if not self.directory.is_dir():
-      return []
-    out = []
-    for p in self.directory.iterdir():
-      m = _NAME.match(p.name)
-      if m and p.is_dir():
-        out.append((int(m.group(1)), p))
-    return sorted(out)
+    def steps(self) -> list[int]:
+        """Steps of the committed checkpoints (not verified), oldest first."""
+        return [s for s, p in self._folders() if (p / COMMIT).is_file()]
 
-  def steps(self) -> list[int]:
-    """Steps of the committed checkpoints (not verified), oldest first."""
-    return [s for s, p in self._folders() if (p / COMMIT).is_file()]
+    # Saving.
 
-  # Saving.
+    def save(self, step: int, tree, meta: dict | None = None, extra=None) -> pathlib.Path:
+        """Writes checkpoint ``step``. ``extra(folder)``, if given, may write more files
+        into the folder before it is committed (e.g. ``replay.save``); they are hashed
+        and verified like the others. Returns the checkpoint folder."""
+        step = int(step)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        final = self.path(step)
+        tmp = self.directory / f'.tmp-ckpt-{step:012d}-{uuid.uuid4().hex[:8]}'
+        try:
+            tmp.mkdir()
+            with open(tmp / STATE, 'wb') as f:
+                eqx.tree_serialise_leaves(f, tree, filter_spec=_serialise_leaf)
+                f.flush()
+                os.fsync(f.fileno())
+            _write_json(tmp / META, {} if meta is None else meta)
+            if extra is not None:
+                extra(tmp)
+            files, dirs = {}, [tmp]
+            for p in sorted(tmp.rglob('*')):
+                if p.is_dir():
+                    dirs.append(p)
+                elif p.is_file():
+                    _fsync_path(p)  # the callback's files too
+                    files[p.relative_to(tmp).as_posix()] = dict(sha256=_sha256(p), size=p.stat().st_size)
+            _write_json(tmp / COMMIT, dict(format=_FORMAT, step=step, time=time.time(), files=files))
+            for d in reversed(dirs):
+                _fsync_path(d, directory=True)
+            trash = None
+            if final.exists():  # the same step saved again: swap the new one in
+                trash = self.directory / f'.trash-{final.name}-{uuid.uuid4().hex[:8]}'
+                os.rename(final, trash)
+            try:
+                os.rename(tmp, final)
+            except BaseException:
+                if trash is not None:
+                    os.rename(trash, final)
+                raise
+            _fsync_path(self.directory, directory=True)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise self._full_error(step, e) from e
+            raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._cleanup(step)
+        return final
 
-  def save(self, step: int, tree, meta: dict | None = None, extra=None) -> pathlib.Path:
-    """Writes checkpoint ``step``. ``extra(folder)``, if given, may write more files
-    into the folder before it is committed (e.g. ``replay.save``); they are hashed
-    and verified like the others. Returns the checkpoint folder."""
-    step = int(step)
-    self.directory.mkdir(parents=True, exist_ok=True)
-    final = self.path(step)
-    tmp = self.directory / f'.tmp-ckpt-{step:012d}-{uuid.uuid4().hex[:8]}'
-    try:
-      tmp.mkdir()
-      with open(tmp / STATE, 'wb') as f:
-        eqx.tree_serialise_leaves(f, tree, filter_spec=_serialise_leaf)
-        f.flush()
-        os.fsync(f.fileno())
-      _write_json(tmp / META, {} if meta is None else meta)
-      if extra is not None:
-        extra(tmp)
-      files, dirs = {}, [tmp]
-      for p in sorted(tmp.rglob('*')):
-        if p.is_dir():
-          dirs.append(p)
-        elif p.is_file():
-          _fsync_path(p)  # the callback's files too
-          files[p.relative_to(tmp).as_posix()] = dict(sha256=_sha256(p), size=p.stat().st_size)
-      _write_json(tmp / COMMIT, dict(format=_FORMAT, step=step, time=time.time(), files=files))
-      for d in reversed(dirs):
-        _fsync_path(d, directory=True)
-      trash = None
-      if final.exists():  # the same step saved again: swap the new one in
-        trash = self.directory / f'.trash-{final.name}-{uuid.uuid4().hex[:8]}'
-        os.rename(final, trash)
-      try:
-        os.rename(tmp, final)
-      except BaseException:
-        if trash is not None:
-          os.rename(trash, final)
-        raise
-      _fsync_path(self.directory, directory=True)
-    except OSError as e:
-      shutil.rmtree(tmp, ignore_errors=True)
-      if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        raise self._full_error(step, e) from e
-      raise
-    except BaseException:
-      shutil.rmtree(tmp, ignore_errors=True)
-      raise
-    self._cleanup(step)
-    return final
+    def _full_error(self, step, e) -> CheckpointError:
+        try:
+            free = _fmt_bytes(shutil.disk_usage(self.directory).free)
+        except OSError:
+            free = 'unknown'
+        last = ''
+        for s in reversed(self.steps()):
+            try:
+                commit = json.loads((self.path(s) / COMMIT).read_text())
+                last = f'; the last checkpoint took {_fmt_bytes(sum(f["size"] for f in commit["files"].values()))}'
+                break
+            except (OSError, ValueError, KeyError):
+                continue
+        err = CheckpointError(
+            f'checkpoint at step {step} not saved: no space left on the device of '
+            f'{self.directory} ({free} free{last}); free some space there. Earlier checkpoints '
+            'are intact.'
+        )
+        err.errno = e.errno
+        return err
 
-  def _full_error(self, step, e) -> CheckpointError:
-    try:
-      free = _fmt_bytes(shutil.disk_usage(self.directory).free)
-    except OSError:
-      free = 'unknown'
-    last = ''
-    for s in reversed(self.steps()):
-      try:
-        commit = json.loads((self.path(s) / COMMIT).read_text())
-        last = f'; the last checkpoint took {_fmt_bytes(sum(f["size"] for f in commit["files"].values()))}'
-        break
-      except (OSError, ValueError, KeyError):
-        continue
-    err = CheckpointError(
-        f'checkpoint at step {step} not saved: no space left on the device of '
-        f'{self.directory} ({free} free{last}); free some space there. Earlier checkpoints '
-        'are intact.')
-    err.errno = e.errno
-    return err
+    def _cleanup(self, step) -> None:
+        """After committing ``step``: deletes folders of later steps (a timeline this
+        run abandoned, e.g. a corrupt checkpoint that load_latest skipped), checkpoints
+        older than the ``keep`` newest committed ones, and leftovers of interrupted saves."""
+        for s, p in self._folders():
+            if s > step:
+                warnings.warn(
+                    f'deleting {p}: it is newer than the checkpoint just saved '
+                    f'(step {step}), so this run did not resume from it',
+                    CheckpointWarning,
+                    stacklevel=3,
+                )
+                shutil.rmtree(p, ignore_errors=True)
+        committed = self.steps()
+        if len(committed) > self.keep:
+            oldest_kept = committed[-self.keep]
+            for s, p in self._folders():
+                if s < oldest_kept:
+                    shutil.rmtree(p, ignore_errors=True)
+        for p in self.directory.iterdir():
+            if p.name.startswith(('.tmp-ckpt-', '.trash-ckpt-')) and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
 
-  def _cleanup(self, step) -> None:
-    """After committing ``step``: deletes folders of later steps (a timeline this
-    run abandoned, e.g. a corrupt checkpoint that load_latest skipped), checkpoints
-    older than the ``keep`` newest committed ones, and leftovers of interrupted saves."""
-    for s, p in self._folders():
-      if s > step:
-        warnings.warn(f'deleting {p}: it is newer than the checkpoint just saved '
-                      f'(step {step}), so this run did not resume from it',
-                      CheckpointWarning, stacklevel=3)
-        shutil.rmtree(p, ignore_errors=True)
-    committed = self.steps()
-    if len(committed) > self.keep:
-      oldest_kept = committed[-self.keep]
-      for s, p in self._folders():
-        if s < oldest_kept:
-          shutil.rmtree(p, ignore_errors=True)
-    for p in self.directory.iterdir():
-      if p.name.startswith(('.tmp-ckpt-', '.trash-ckpt-')) and p.is_dir():
-        shutil.rmtree(p, ignore_errors=True)
+    # Loading.
 
-  # Loading.
+    def _verify(self, path) -> str | None:
+        """None when the checkpoint is complete and intact, else what is wrong."""
+        try:
+            commit = json.loads((path / COMMIT).read_text())
+        except FileNotFoundError:
+            return 'no COMMIT marker (interrupted save)'
+        except (OSError, ValueError) as e:
+            return f'unreadable COMMIT ({e})'
+        files = commit.get('files') if isinstance(commit, dict) else None
+        if not isinstance(files, dict) or STATE not in files or META not in files:
+            return 'COMMIT lists no state'
+        for name, info in files.items():
+            p = path / name
+            try:
+                size = p.stat().st_size
+            except FileNotFoundError:
+                return f'{name} is missing'
+            if size != info.get('size'):
+                return f'{name} has {size} bytes, expected {info.get("size")} (truncated?)'
+            if _sha256(p) != info.get('sha256'):
+                return f'{name} fails its sha256 check (corrupt)'
+        return None
 
-  def _verify(self, path) -> str | None:
-    """None when the checkpoint is complete and intact, else what is wrong."""
-    try:
-      commit = json.loads((path / COMMIT).read_text())
-    except FileNotFoundError:
-      return 'no COMMIT marker (interrupted save)'
-    except (OSError, ValueError) as e:
-      return f'unreadable COMMIT ({e})'
-    files = commit.get('files') if isinstance(commit, dict) else None
-    if not isinstance(files, dict) or STATE not in files or META not in files:
-      return 'COMMIT lists no state'
-    for name, info in files.items():
-      p = path / name
-      try:
-        size = p.stat().st_size
-      except FileNotFoundError:
-        return f'{name} is missing'
-      if size != info.get('size'):
-        return f'{name} has {size} bytes, expected {info.get("size")} (truncated?)'
-      if _sha256(p) != info.get('sha256'):
-        return f'{name} fails its sha256 check (corrupt)'
-    return None
+    def load(self, path, like_tree, extra=None):
+        """Loads one checkpoint folder; raises CheckpointError if it is incomplete,
+        corrupt or does not fit ``like_tree``. Returns ``(step, tree, meta)``."""
+        path = pathlib.Path(path)
+        problem = self._verify(path)
+        if problem:
+            raise CheckpointError(f'checkpoint {path}: {problem}')
+        return self._load_verified(path, like_tree, extra)
 
-  def load(self, path, like_tree, extra=None):
-    """Loads one checkpoint folder; raises CheckpointError if it is incomplete,
-    corrupt or does not fit ``like_tree``. Returns ``(step, tree, meta)``."""
-    path = pathlib.Path(path)
-    problem = self._verify(path)
-    if problem:
-      raise CheckpointError(f'checkpoint {path}: {problem}')
-    return self._load_verified(path, like_tree, extra)
+    def _load_verified(self, path, like_tree, extra):
+        commit = json.loads((path / COMMIT).read_text())
+        meta = json.loads((path / META).read_text())
+        try:
+            tree = _load_tree(path / STATE, like_tree)
+        except _Mismatch as e:
+            raise CheckpointError(
+                f'checkpoint {path} does not fit the current model: {e}. Did the config '
+                'change? Resume with the original config, or use a new --logdir.'
+            ) from None
+        if extra is not None:
+            extra(path)
+        self.loaded = path
+        return int(commit['step']), tree, meta
 
-  def _load_verified(self, path, like_tree, extra):
-    commit = json.loads((path / COMMIT).read_text())
-    meta = json.loads((path / META).read_text())
-    try:
-      tree = _load_tree(path / STATE, like_tree)
-    except _Mismatch as e:
-      raise CheckpointError(
-          f'checkpoint {path} does not fit the current model: {e}. Did the config '
-          'change? Resume with the original config, or use a new --logdir.') from None
-    if extra is not None:
-      extra(path)
-    self.loaded = path
-    return int(commit['step']), tree, meta
+    def load_latest(self, like_tree, extra=None):
+        """``(step, tree, meta)`` of the newest intact checkpoint, or None.
 
-  def load_latest(self, like_tree, extra=None):
-    """``(step, tree, meta)`` of the newest intact checkpoint, or None.
-
-    ``like_tree`` gives the structure, shapes and dtypes (e.g. the freshly built
-    state). Incomplete or corrupt checkpoints are skipped with a warning. A
-    checkpoint that is intact but does not fit ``like_tree`` raises CheckpointError
-    (falling back would silently lose progress). ``extra(folder)`` is called on the
-    chosen checkpoint after its tree loaded (e.g. ``replay.load``)."""
-    for _, path in reversed(self._folders()):
-      problem = self._verify(path)
-      if problem:
-        warnings.warn(f'skipping checkpoint {path}: {problem}; trying the previous one',
-                      CheckpointWarning, stacklevel=2)
-        continue
-      return self._load_verified(path, like_tree, extra)
-    return None
+        ``like_tree`` gives the structure, shapes and dtypes (e.g. the freshly built
+        state). Incomplete or corrupt checkpoints are skipped with a warning. A
+        checkpoint that is intact but does not fit ``like_tree`` raises CheckpointError
+        (falling back would silently lose progress). ``extra(folder)`` is called on the
+        chosen checkpoint after its tree loaded (e.g. ``replay.load``)."""
+        for _, path in reversed(self._folders()):
+            problem = self._verify(path)
+            if problem:
+                warnings.warn(
+                    f'skipping checkpoint {path}: {problem}; trying the previous one',
+                    CheckpointWarning,
+                    stacklevel=2,
+                )
+                continue
+            return self._load_verified(path, like_tree, extra)
+        return None

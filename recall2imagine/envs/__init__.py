@@ -8,6 +8,7 @@ Task strings:
 
 List the tasks with ``python -m recall2imagine.envs --list [suite]``.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -23,96 +24,105 @@ SUITES = {
     'memory_maze': 'gym_memory_maze:',
 }
 _ALIASES = {
-    'popgym': 'popgym', 'gym_popgym': 'popgym',
-    'bsuite': 'bsuite', 'dm_bsuite': 'bsuite',
-    'memory_maze': 'memory_maze', 'gym_memory_maze': 'memory_maze',
+    'popgym': 'popgym',
+    'gym_popgym': 'popgym',
+    'bsuite': 'bsuite',
+    'dm_bsuite': 'bsuite',
+    'memory_maze': 'memory_maze',
+    'gym_memory_maze': 'memory_maze',
     'mmaze': 'memory_maze',
 }
-_FORMS = ('gym_popgym:<popgym id>, bsuite:<experiment>/<setting> '
-          '(alias dm_bsuite_<experiment>/<setting>), '
-          'gym_memory_maze:<id> (not implemented yet)')
+_FORMS = (
+    'gym_popgym:<popgym id>, bsuite:<experiment>/<setting> '
+    '(alias dm_bsuite_<experiment>/<setting>), '
+    'gym_memory_maze:<id> (not implemented yet)'
+)
 
 
 def _canonical_suite(suite: str) -> str:
-  if suite not in _ALIASES:
-    raise ValueError(
-        f'unknown suite {suite!r}; valid suites: {", ".join(SUITES)}')
-  return _ALIASES[suite]
+    if suite not in _ALIASES:
+        raise ValueError(f'unknown suite {suite!r}; valid suites: {", ".join(SUITES)}')
+    return _ALIASES[suite]
 
 
 def parse_task(task: str) -> tuple[str, str]:
-  """Splits a task string into (canonical suite, id)."""
-  if task.startswith('dm_bsuite_'):
-    return 'bsuite', task[len('dm_bsuite_'):]
-  for suite, prefix in SUITES.items():
-    if task.startswith(prefix):
-      return suite, task[len(prefix):]
-  raise ValueError(f'unknown suite in task {task!r}; valid forms: {_FORMS}')
+    """Splits a task string into (canonical suite, id)."""
+    if task.startswith('dm_bsuite_'):
+        return 'bsuite', task[len('dm_bsuite_') :]
+    for suite, prefix in SUITES.items():
+        if task.startswith(prefix):
+            return suite, task[len(prefix) :]
+    raise ValueError(f'unknown suite in task {task!r}; valid forms: {_FORMS}')
 
 
 def _ids(suite: str) -> list[str]:
-  if suite == 'popgym':
-    from recall2imagine.envs.popgym import popgym_ids
-    return popgym_ids()
-  if suite == 'bsuite':
-    from recall2imagine.envs.bsuite import bsuite_ids
-    return bsuite_ids()
-  raise _memory_maze_error()
+    if suite == 'popgym':
+        from recall2imagine.envs.popgym import popgym_ids
+
+        return popgym_ids()
+    if suite == 'bsuite':
+        from recall2imagine.envs.bsuite import bsuite_ids
+
+        return bsuite_ids()
+    raise _memory_maze_error()
 
 
 def _memory_maze_error() -> NotImplementedError:
-  return NotImplementedError(
-      'Memory Maze support (gym_memory_maze:...) is not installed/implemented '
-      'yet in recall2imagine.envs')
+    return NotImplementedError(
+        'Memory Maze support (gym_memory_maze:...) is not installed/implemented yet in recall2imagine.envs'
+    )
 
 
 def list_tasks(suite: str | None = None) -> list[str]:
-  """Full task strings (usable with make_env) of one suite, or of all."""
-  if suite is None:
-    return list_tasks('popgym') + list_tasks('bsuite')
-  suite = _canonical_suite(suite)
-  return [SUITES[suite] + i for i in _ids(suite)]
+    """Full task strings (usable with make_env) of one suite, or of all."""
+    if suite is None:
+        return list_tasks('popgym') + list_tasks('bsuite')
+    suite = _canonical_suite(suite)
+    return [SUITES[suite] + i for i in _ids(suite)]
 
 
 def _unknown_id(suite: str, name: str, ids: list[str]) -> ValueError:
-  label = {'popgym': 'POPGym', 'bsuite': 'bsuite'}[suite]
-  close = difflib.get_close_matches(name, ids, n=3, cutoff=0.5)
-  if suite == 'bsuite' and '/' in name:
-    exp = name.split('/')[0]
-    settings = [i for i in ids if i.split('/')[0] == exp]
-    if settings:  # known experiment, bad setting
-      close = [settings[0], settings[-1]]
-      hint = f'; {exp} has settings {close[0]} .. {close[1]}'
-      return ValueError(
-          f'unknown bsuite task {name!r}{hint} '
-          f'({len(ids)} tasks: python -m recall2imagine.envs --list {suite})')
-  hint = ('; did you mean ' + ' or '.join(repr(c) for c in close) + '?'
-          if close else '')
-  return ValueError(
-      f'unknown {label} task {name!r}{hint} '
-      f'({len(ids)} tasks: python -m recall2imagine.envs --list {suite})')
+    label = {'popgym': 'POPGym', 'bsuite': 'bsuite'}[suite]
+    close = difflib.get_close_matches(name, ids, n=3, cutoff=0.5)
+    if suite == 'bsuite' and '/' in name:
+        exp = name.split('/')[0]
+        settings = [i for i in ids if i.split('/')[0] == exp]
+        if settings:  # known experiment, bad setting
+            close = [settings[0], settings[-1]]
+            hint = f'; {exp} has settings {close[0]} .. {close[1]}'
+            return ValueError(
+                f'unknown bsuite task {name!r}{hint} '
+                f'({len(ids)} tasks: python -m recall2imagine.envs --list {suite})'
+            )
+    hint = '; did you mean ' + ' or '.join(repr(c) for c in close) + '?' if close else ''
+    return ValueError(
+        f'unknown {label} task {name!r}{hint} '
+        f'({len(ids)} tasks: python -m recall2imagine.envs --list {suite})'
+    )
 
 
 def make_env(task: str, seed: int = 0, **kwargs) -> Env:
-  """Builds one environment from a task string.
+    """Builds one environment from a task string.
 
-  kwargs: ``bsuite_logdir`` (bsuite only): record bsuite's scoring CSV there.
-  """
-  suite, name = parse_task(task)
-  # None means "not set", so callers can pass suite-specific options blindly.
-  kwargs = {k: v for k, v in kwargs.items() if v is not None}
-  if suite == 'memory_maze':
-    raise _memory_maze_error()
-  ids = _ids(suite)
-  if name not in ids:
-    raise _unknown_id(suite, name, ids)
-  if suite == 'popgym':
-    from recall2imagine.envs.popgym import PopGym
-    if kwargs:
-      raise TypeError(f'unexpected kwargs for POPGym: {sorted(kwargs)}')
-    return PopGym(name, seed=seed)
-  from recall2imagine.envs.bsuite import BSuite
-  unknown = set(kwargs) - {'bsuite_logdir', 'quiet'}
-  if unknown:
-    raise TypeError(f'unexpected kwargs for bsuite: {sorted(unknown)}')
-  return BSuite(name, seed=seed, **kwargs)
+    kwargs: ``bsuite_logdir`` (bsuite only): record bsuite's scoring CSV there.
+    """
+    suite, name = parse_task(task)
+    # None means "not set", so callers can pass suite-specific options blindly.
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if suite == 'memory_maze':
+        raise _memory_maze_error()
+    ids = _ids(suite)
+    if name not in ids:
+        raise _unknown_id(suite, name, ids)
+    if suite == 'popgym':
+        from recall2imagine.envs.popgym import PopGym
+
+        if kwargs:
+            raise TypeError(f'unexpected kwargs for POPGym: {sorted(kwargs)}')
+        return PopGym(name, seed=seed)
+    from recall2imagine.envs.bsuite import BSuite
+
+    unknown = set(kwargs) - {'bsuite_logdir', 'quiet'}
+    if unknown:
+        raise TypeError(f'unexpected kwargs for bsuite: {sorted(unknown)}')
+    return BSuite(name, seed=seed, **kwargs)

@@ -4,6 +4,7 @@ Every observation dict returned by ``reset``/``step`` holds the keys of
 ``obs_space`` plus ``reward`` (float32), ``is_first``, ``is_last`` and
 ``is_terminal`` (bool).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,90 +17,91 @@ FLAG_KEYS = ('reward', 'is_first', 'is_last', 'is_terminal')
 
 @dataclass(frozen=True)
 class ActSpace:
-  """Action space seen by the agent.
+    """Action space seen by the agent.
 
-  discrete: True for a categorical action; the agent sends one-hot vectors of
-    size ``n`` (the driver converts them to ints) or the int itself.
-  n: number of discrete actions, or dimension of a continuous action.
-  low/high: per-dimension bounds of a continuous action (None if discrete).
-    Adapters expose normalised bounds [-1, 1] and rescale to the env's own.
-  """
-  discrete: bool
-  n: int
-  low: tuple[float, ...] | None = None
-  high: tuple[float, ...] | None = None
+    discrete: True for a categorical action; the agent sends one-hot vectors of
+      size ``n`` (the driver converts them to ints) or the int itself.
+    n: number of discrete actions, or dimension of a continuous action.
+    low/high: per-dimension bounds of a continuous action (None if discrete).
+      Adapters expose normalised bounds [-1, 1] and rescale to the env's own.
+    """
 
-  @property
-  def shape(self) -> tuple[int]:
-    """Shape of the agent-side action vector (one-hot or continuous)."""
-    return (self.n,)
+    discrete: bool
+    n: int
+    low: tuple[float, ...] | None = None
+    high: tuple[float, ...] | None = None
+
+    @property
+    def shape(self) -> tuple[int]:
+        """Shape of the agent-side action vector (one-hot or continuous)."""
+        return (self.n,)
 
 
 class Env:
-  """Base class of all environment adapters."""
+    """Base class of all environment adapters."""
 
-  obs_space: dict[str, tuple[tuple[int, ...], np.dtype]]
-  act_space: ActSpace
+    obs_space: dict[str, tuple[tuple[int, ...], np.dtype]]
+    act_space: ActSpace
 
-  def reset(self) -> dict[str, Any]:
-    raise NotImplementedError
+    def reset(self) -> dict[str, Any]:
+        raise NotImplementedError
 
-  def step(self, action) -> dict[str, Any]:
-    raise NotImplementedError
+    def step(self, action) -> dict[str, Any]:
+        raise NotImplementedError
 
-  def close(self) -> None:
-    pass
+    def close(self) -> None:
+        pass
 
-  def __enter__(self):
-    return self
+    def __enter__(self):
+        return self
 
-  def __exit__(self, *exc):
-    self.close()
+    def __exit__(self, *exc):
+        self.close()
 
-  # Helpers for subclasses.
+    # Helpers for subclasses.
 
-  @staticmethod
-  def _pack(obs: dict[str, np.ndarray], reward: float, is_first: bool,
-            is_last: bool, is_terminal: bool) -> dict[str, Any]:
-    out = dict(obs)
-    out['reward'] = np.float32(reward)
-    out['is_first'] = bool(is_first)
-    out['is_last'] = bool(is_last)
-    out['is_terminal'] = bool(is_terminal)
-    return out
+    @staticmethod
+    def _pack(
+        obs: dict[str, np.ndarray], reward: float, is_first: bool, is_last: bool, is_terminal: bool
+    ) -> dict[str, Any]:
+        out = dict(obs)
+        out['reward'] = np.float32(reward)
+        out['is_first'] = bool(is_first)
+        out['is_last'] = bool(is_last)
+        out['is_terminal'] = bool(is_terminal)
+        return out
 
-  def _discrete_action(self, action) -> int:
-    """Accepts an int (numpy integer ok) or a one-hot/logit vector."""
-    a = np.asarray(action)
-    if a.ndim == 0:
-      if not np.issubdtype(a.dtype, np.integer):
-        if float(a) != int(a):
-          raise ValueError(f'discrete action must be an integer, got {action!r}')
-      idx = int(a)
-    elif a.shape == (self.act_space.n,):
-      idx = int(np.argmax(a))
-    else:
-      raise ValueError(
-          f'discrete action must be an int or a vector of size '
-          f'{self.act_space.n}, got shape {a.shape}')
-    if not 0 <= idx < self.act_space.n:
-      raise ValueError(f'action {idx} out of range [0, {self.act_space.n})')
-    return idx
+    def _discrete_action(self, action) -> int:
+        """Accepts an int (numpy integer ok) or a one-hot/logit vector."""
+        a = np.asarray(action)
+        if a.ndim == 0:
+            if not np.issubdtype(a.dtype, np.integer):
+                if float(a) != int(a):
+                    raise ValueError(f'discrete action must be an integer, got {action!r}')
+            idx = int(a)
+        elif a.shape == (self.act_space.n,):
+            idx = int(np.argmax(a))
+        else:
+            raise ValueError(
+                f'discrete action must be an int or a vector of size {self.act_space.n}, got shape {a.shape}'
+            )
+        if not 0 <= idx < self.act_space.n:
+            raise ValueError(f'action {idx} out of range [0, {self.act_space.n})')
+        return idx
 
-  def _continuous_action(self, action, env_low: np.ndarray,
-                         env_high: np.ndarray) -> np.ndarray:
-    """Clips a normalised action in [-1, 1] and rescales it to env bounds."""
-    a = np.asarray(action, np.float32).reshape(self.act_space.n)
-    a = np.clip(a, -1.0, 1.0)
-    return (env_low + (a + 1.0) * 0.5 * (env_high - env_low)).astype(np.float32)
+    def _continuous_action(self, action, env_low: np.ndarray, env_high: np.ndarray) -> np.ndarray:
+        """Clips a normalised action in [-1, 1] and rescales it to env bounds."""
+        a = np.asarray(action, np.float32).reshape(self.act_space.n)
+        a = np.clip(a, -1.0, 1.0)
+        return (env_low + (a + 1.0) * 0.5 * (env_high - env_low)).astype(np.float32)
 
 
 def check_obs(env: Env, obs: dict[str, Any]) -> None:
-  """Raises AssertionError if ``obs`` does not match ``env.obs_space``."""
-  for key, (shape, dtype) in env.obs_space.items():
-    value = np.asarray(obs[key])
-    assert value.shape == tuple(shape), (key, value.shape, shape)
-    assert value.dtype == np.dtype(dtype), (key, value.dtype, dtype)
-  for key in FLAG_KEYS:
-    assert key in obs, key
-  assert set(obs) == set(env.obs_space) | set(FLAG_KEYS), sorted(obs)
+    """Raises AssertionError if ``obs`` does not match ``env.obs_space``."""
+    for key, (shape, dtype) in env.obs_space.items():
+        value = np.asarray(obs[key])
+        assert value.shape == tuple(shape), (key, value.shape, shape)
+        assert value.dtype == np.dtype(dtype), (key, value.dtype, dtype)
+    for key in FLAG_KEYS:
+        assert key in obs, key
+    assert set(obs) == set(env.obs_space) | set(FLAG_KEYS), sorted(obs)

@@ -5,6 +5,7 @@ reward is 0; ``is_terminal`` means the last step has discount 0. Each bsuite
 setting fixes its own seed (it is part of the bsuite id), so the ``seed``
 argument is not used: that keeps runs comparable with bsuite's scoring.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,82 +17,81 @@ from recall2imagine.envs.base import ActSpace, Env
 
 
 def bsuite_ids() -> list[str]:
-  from bsuite import sweep
-  return list(sweep.SWEEP)
+    from bsuite import sweep
+
+    return list(sweep.SWEEP)
 
 
 def _flatten(obs) -> np.ndarray:
-  if isinstance(obs, dict):
-    return np.concatenate([_flatten(obs[k]) for k in sorted(obs)])
-  if isinstance(obs, (tuple, list)):
-    return np.concatenate([_flatten(o) for o in obs])
-  return np.asarray(obs, np.float32).ravel()
+    if isinstance(obs, dict):
+        return np.concatenate([_flatten(obs[k]) for k in sorted(obs)])
+    if isinstance(obs, (tuple, list)):
+        return np.concatenate([_flatten(o) for o in obs])
+    return np.asarray(obs, np.float32).ravel()
 
 
 def _spec_size(spec) -> int:
-  if isinstance(spec, dict):
-    return sum(_spec_size(spec[k]) for k in spec)
-  if isinstance(spec, (tuple, list)):
-    return sum(_spec_size(s) for s in spec)
-  return int(np.prod(spec.shape))
+    if isinstance(spec, dict):
+        return sum(_spec_size(spec[k]) for k in spec)
+    if isinstance(spec, (tuple, list)):
+        return sum(_spec_size(s) for s in spec)
+    return int(np.prod(spec.shape))
 
 
 class BSuite(Env):
-  """One bsuite environment behind the common ``Env`` interface.
+    """One bsuite environment behind the common ``Env`` interface.
 
-  bsuite_logdir: when given, bsuite's own CSV logging records the results
-    there (``bsuite_id=<experiment>-<setting>.csv``, overwritten), so that
-    ``bsuite.logging.csv_load.load_bsuite(bsuite_logdir)`` and bsuite's
-    analysis can score the run. Use it for one env per bsuite id only.
-  """
+    bsuite_logdir: when given, bsuite's own CSV logging records the results
+      there (``bsuite_id=<experiment>-<setting>.csv``, overwritten), so that
+      ``bsuite.logging.csv_load.load_bsuite(bsuite_logdir)`` and bsuite's
+      analysis can score the run. Use it for one env per bsuite id only.
+    """
 
-  def __init__(self, bsuite_id: str, seed: int = 0, bsuite_logdir=None,
-               quiet: bool = True):
-    import bsuite
-    self.bsuite_id = bsuite_id
-    self._seed = seed  # unused, see module docstring
-    ctx = contextlib.redirect_stdout(io.StringIO()) if quiet else (
-        contextlib.nullcontext())
-    try:
-      with ctx:
-        if bsuite_logdir is not None:
-          self._env = bsuite.load_and_record_to_csv(
-              bsuite_id, results_dir=str(bsuite_logdir), overwrite=True)
-        else:
-          self._env = bsuite.load_from_id(bsuite_id)
-    except OSError as e:  # mnist* download their data set on construction
-      raise RuntimeError(
-          f'bsuite:{bsuite_id} could not be built ({e}); the mnist '
-          f'experiments need to download MNIST') from e
-    spec = self._env.action_spec()
-    self.act_space = ActSpace(True, int(spec.num_values))
-    self._act_min = int(getattr(spec, 'minimum', 0))
-    size = _spec_size(self._env.observation_spec())
-    self.obs_space = {'vector': ((size,), np.dtype(np.float32))}
-    # Number of episodes bsuite's protocol runs this setting for.
-    self.num_episodes = int(getattr(self._env, 'bsuite_num_episodes', 0))
-    self._done = True
+    def __init__(self, bsuite_id: str, seed: int = 0, bsuite_logdir=None, quiet: bool = True):
+        import bsuite
 
-  def reset(self):
-    ts = self._env.reset()
-    self._done = False
-    return self._pack({'vector': _flatten(ts.observation)}, 0.0, True, False,
-                      False)
+        self.bsuite_id = bsuite_id
+        self._seed = seed  # unused, see module docstring
+        ctx = contextlib.redirect_stdout(io.StringIO()) if quiet else (contextlib.nullcontext())
+        try:
+            with ctx:
+                if bsuite_logdir is not None:
+                    self._env = bsuite.load_and_record_to_csv(
+                        bsuite_id, results_dir=str(bsuite_logdir), overwrite=True
+                    )
+                else:
+                    self._env = bsuite.load_from_id(bsuite_id)
+        except OSError as e:  # mnist* download their data set on construction
+            raise RuntimeError(
+                f'bsuite:{bsuite_id} could not be built ({e}); the mnist experiments need to download MNIST'
+            ) from e
+        spec = self._env.action_spec()
+        self.act_space = ActSpace(True, int(spec.num_values))
+        self._act_min = int(getattr(spec, 'minimum', 0))
+        size = _spec_size(self._env.observation_spec())
+        self.obs_space = {'vector': ((size,), np.dtype(np.float32))}
+        # Number of episodes bsuite's protocol runs this setting for.
+        self.num_episodes = int(getattr(self._env, 'bsuite_num_episodes', 0))
+        self._done = True
 
-  def step(self, action):
-    if self._done:
-      raise RuntimeError('episode is over: call reset() before step()')
-    ts = self._env.step(self._discrete_action(action) + self._act_min)
-    last = bool(ts.last())
-    self._done = last
-    terminal = last and ts.discount is not None and float(ts.discount) == 0.0
-    reward = 0.0 if ts.reward is None else float(ts.reward)
-    return self._pack({'vector': _flatten(ts.observation)}, reward, False,
-                      last, terminal)
+    def reset(self):
+        ts = self._env.reset()
+        self._done = False
+        return self._pack({'vector': _flatten(ts.observation)}, 0.0, True, False, False)
 
-  def close(self):
-    if hasattr(self._env, 'flush'):
-      self._env.flush()
-    close = getattr(self._env, 'close', None)
-    if close is not None:
-      close()
+    def step(self, action):
+        if self._done:
+            raise RuntimeError('episode is over: call reset() before step()')
+        ts = self._env.step(self._discrete_action(action) + self._act_min)
+        last = bool(ts.last())
+        self._done = last
+        terminal = last and ts.discount is not None and float(ts.discount) == 0.0
+        reward = 0.0 if ts.reward is None else float(ts.reward)
+        return self._pack({'vector': _flatten(ts.observation)}, reward, False, last, terminal)
+
+    def close(self):
+        if hasattr(self._env, 'flush'):
+            self._env.flush()
+        close = getattr(self._env, 'close', None)
+        if close is not None:
+            close()

@@ -5,6 +5,7 @@ Each worker (env) owns a ring of ``capacity // num_workers`` steps. A window is
 boundaries (spec 7.2) and are drawn uniformly over all windows still stored.
 ``is_first`` of the first step of every window is set True (spec 7.1).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,218 +16,216 @@ import numpy as np
 
 
 class ReplayError(ValueError):
-  """A replay cannot be created, opened or restored; the message says why and
-  what to change."""
+    """A replay cannot be created, opened or restored; the message says why and
+    what to change."""
 
 
 # Helpers shared with DiskReplay (replay/disk.py).
 
 
 def check_add(step: dict, workers, num_workers: int):
-  """Validates one add() call; returns (workers int64 [N], step of arrays)."""
-  workers = np.asarray(workers, np.int64).reshape(-1)
-  step = {k: np.asarray(v) for k, v in step.items()}
-  if len(np.unique(workers)) != len(workers):
-    raise ValueError('workers of one add() call must be distinct')
-  if np.any(workers < 0) or np.any(workers >= num_workers):
-    raise ValueError(f'worker ids must lie in [0, {num_workers})')
-  for key, value in step.items():
-    if value.ndim == 0 or len(value) != len(workers):
-      raise ValueError(f'{key}: leading dim {value.shape[:1]} != '
-                       f'{len(workers)} workers')
-  return workers, step
+    """Validates one add() call; returns (workers int64 [N], step of arrays)."""
+    workers = np.asarray(workers, np.int64).reshape(-1)
+    step = {k: np.asarray(v) for k, v in step.items()}
+    if len(np.unique(workers)) != len(workers):
+        raise ValueError('workers of one add() call must be distinct')
+    if np.any(workers < 0) or np.any(workers >= num_workers):
+        raise ValueError(f'worker ids must lie in [0, {num_workers})')
+    for key, value in step.items():
+        if value.ndim == 0 or len(value) != len(workers):
+            raise ValueError(f'{key}: leading dim {value.shape[:1]} != {len(workers)} workers')
+    return workers, step
 
 
-def draw_windows(rng, counts, stored, batch_size: int, length: int,
-                 num_steps: int):
-  """Uniform windows over all stored windows of all workers.
+def draw_windows(rng, counts, stored, batch_size: int, length: int, num_steps: int):
+    """Uniform windows over all stored windows of all workers.
 
-  ``counts[w]``: steps ever written by worker w; ``stored[w]``: how many of
-  its newest steps are still readable. Returns ``(worker [B], start [B])``
-  with ``start`` the ever-written index of the window's first step.
-  """
-  windows = np.maximum(stored - length + 1, 0)
-  total = int(windows.sum())
-  if total == 0:
-    raise ValueError(f'no window of length {length} stored yet '
-                     f'({num_steps} steps in replay)')
-  flat = rng.integers(0, total, size=batch_size)
-  cum = np.cumsum(windows)
-  worker = np.searchsorted(cum, flat, side='right')
-  offset = flat - (cum[worker] - windows[worker])
-  start = counts[worker] - stored[worker] + offset
-  return worker, start
+    ``counts[w]``: steps ever written by worker w; ``stored[w]``: how many of
+    its newest steps are still readable. Returns ``(worker [B], start [B])``
+    with ``start`` the ever-written index of the window's first step.
+    """
+    windows = np.maximum(stored - length + 1, 0)
+    total = int(windows.sum())
+    if total == 0:
+        raise ValueError(f'no window of length {length} stored yet ({num_steps} steps in replay)')
+    flat = rng.integers(0, total, size=batch_size)
+    cum = np.cumsum(windows)
+    worker = np.searchsorted(cum, flat, side='right')
+    offset = flat - (cum[worker] - windows[worker])
+    start = counts[worker] - stored[worker] + offset
+    return worker, start
 
 
 def fsync_dir(directory) -> None:
-  fd = os.open(directory, os.O_RDONLY)
-  try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path, write) -> None:
-  """Calls ``write(fileobj)`` on a temp file next to ``path``, fsyncs it and
-  renames it over ``path``; on any error the temp file is removed and
-  ``path`` is untouched."""
-  path = pathlib.Path(path)
-  tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-  try:
-    with open(tmp, 'wb') as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    tmp.unlink(missing_ok=True)
-    raise
-  fsync_dir(path.parent)
+    """Calls ``write(fileobj)`` on a temp file next to ``path``, fsyncs it and
+    renames it over ``path``; on any error the temp file is removed and
+    ``path`` is untouched."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+    try:
+        with open(tmp, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 class MemoryReplay:
+    def __init__(self, capacity: int, num_workers: int, seed: int = 0):
+        capacity, num_workers = int(capacity), int(num_workers)
+        if num_workers < 1:
+            raise ValueError('num_workers must be >= 1')
+        if capacity // num_workers < 1:
+            raise ValueError(f'capacity {capacity} < num_workers {num_workers}')
+        self.capacity = capacity
+        self.num_workers = num_workers
+        self.per_worker = capacity // num_workers
+        self.rng = np.random.default_rng(seed)
+        # Total steps ever written per worker; ring position = count % per_worker.
+        self.counts = np.zeros(num_workers, np.int64)
+        self.data: dict[str, np.ndarray] | None = None  # key -> [W, C, ...]
 
-  def __init__(self, capacity: int, num_workers: int, seed: int = 0):
-    capacity, num_workers = int(capacity), int(num_workers)
-    if num_workers < 1:
-      raise ValueError('num_workers must be >= 1')
-    if capacity // num_workers < 1:
-      raise ValueError(f'capacity {capacity} < num_workers {num_workers}')
-    self.capacity = capacity
-    self.num_workers = num_workers
-    self.per_worker = capacity // num_workers
-    self.rng = np.random.default_rng(seed)
-    # Total steps ever written per worker; ring position = count % per_worker.
-    self.counts = np.zeros(num_workers, np.int64)
-    self.data: dict[str, np.ndarray] | None = None  # key -> [W, C, ...]
+    # Insertion.
 
-  # Insertion.
+    def _allocate(self, step: dict[str, np.ndarray]):
+        self.data = {}
+        for key, value in step.items():
+            value = np.asarray(value)
+            self.data[key] = np.zeros((self.num_workers, self.per_worker) + value.shape[1:], value.dtype)
 
-  def _allocate(self, step: dict[str, np.ndarray]):
-    self.data = {}
-    for key, value in step.items():
-      value = np.asarray(value)
-      self.data[key] = np.zeros(
-          (self.num_workers, self.per_worker) + value.shape[1:], value.dtype)
+    def add(self, step: dict, workers) -> None:
+        """Adds one step per worker: every ``step[key]`` has leading dim N."""
+        workers, step = check_add(step, workers, self.num_workers)
+        if self.data is None:
+            self._allocate(step)
+        if set(step) != set(self.data):
+            raise KeyError(f'step keys {sorted(step)} differ from the stored keys {sorted(self.data)}')
+        pos = self.counts[workers] % self.per_worker
+        for key, value in step.items():
+            self.data[key][workers, pos] = value
+        self.counts[workers] += 1
 
-  def add(self, step: dict, workers) -> None:
-    """Adds one step per worker: every ``step[key]`` has leading dim N."""
-    workers, step = check_add(step, workers, self.num_workers)
-    if self.data is None:
-      self._allocate(step)
-    if set(step) != set(self.data):
-      raise KeyError(f'step keys {sorted(step)} differ from the stored keys '
-                     f'{sorted(self.data)}')
-    pos = self.counts[workers] % self.per_worker
-    for key, value in step.items():
-      self.data[key][workers, pos] = value
-    self.counts[workers] += 1
+    # Sampling.
 
-  # Sampling.
+    def __len__(self) -> int:
+        return int(np.minimum(self.counts, self.per_worker).sum())
 
-  def __len__(self) -> int:
-    return int(np.minimum(self.counts, self.per_worker).sum())
+    def stored(self) -> np.ndarray:
+        """Steps currently stored per worker."""
+        return np.minimum(self.counts, self.per_worker)
 
-  def stored(self) -> np.ndarray:
-    """Steps currently stored per worker."""
-    return np.minimum(self.counts, self.per_worker)
+    def num_windows(self, length: int) -> int:
+        return int(np.maximum(self.stored() - length + 1, 0).sum())
 
-  def num_windows(self, length: int) -> int:
-    return int(np.maximum(self.stored() - length + 1, 0).sum())
+    def sample(self, batch_size: int, length: int) -> dict[str, np.ndarray]:
+        """Returns ``{key: [batch_size, length, ...]}`` of uniform windows."""
+        if length > self.per_worker:
+            raise ValueError(f'length {length} exceeds the per-worker ring size {self.per_worker}')
+        worker, start = draw_windows(self.rng, self.counts, self.stored(), batch_size, length, len(self))
+        # Ever-written index of each window start -> ring positions.
+        pos = (start[:, None] + np.arange(length)[None]) % self.per_worker
+        w = worker[:, None]
+        batch = {key: arr[w, pos] for key, arr in self.data.items()}
+        if 'is_first' in batch:
+            batch['is_first'][:, 0] = True
+        return batch
 
-  def sample(self, batch_size: int, length: int) -> dict[str, np.ndarray]:
-    """Returns ``{key: [batch_size, length, ...]}`` of uniform windows."""
-    if length > self.per_worker:
-      raise ValueError(f'length {length} exceeds the per-worker ring size '
-                       f'{self.per_worker}')
-    worker, start = draw_windows(self.rng, self.counts, self.stored(),
-                                 batch_size, length, len(self))
-    # Ever-written index of each window start -> ring positions.
-    pos = (start[:, None] + np.arange(length)[None]) % self.per_worker
-    w = worker[:, None]
-    batch = {key: arr[w, pos] for key, arr in self.data.items()}
-    if 'is_first' in batch:
-      batch['is_first'][:, 0] = True
-    return batch
+    # Checkpointing.
 
-  # Checkpointing.
+    def state_dict(self) -> dict:
+        """Arrays under 'data' are the live buffers (no copy): serialise the
+        result before adding more steps."""
+        return {
+            'capacity': self.capacity,
+            'num_workers': self.num_workers,
+            'counts': self.counts.copy(),
+            'data': ({} if self.data is None else dict(self.data)),
+            'rng': self.rng.bit_generator.state,  # nested dict of ints
+        }
 
-  def state_dict(self) -> dict:
-    """Arrays under 'data' are the live buffers (no copy): serialise the
-    result before adding more steps."""
-    return {
-        'capacity': self.capacity,
-        'num_workers': self.num_workers,
-        'counts': self.counts.copy(),
-        'data': ({} if self.data is None else
-                 dict(self.data)),
-        'rng': self.rng.bit_generator.state,  # nested dict of ints
-    }
+    def load_state_dict(self, d: dict) -> None:
+        if (int(d['capacity']), int(d['num_workers'])) != (self.capacity, self.num_workers):
+            raise ValueError(
+                f'replay state has capacity {d["capacity"]} and '
+                f'{d["num_workers"]} workers; this replay has {self.capacity} and '
+                f'{self.num_workers}'
+            )
+        self.counts = np.asarray(d['counts'], np.int64).copy()
+        self.data = {k: np.array(v) for k, v in d['data'].items()} if len(d['data']) else None
+        self.rng.bit_generator.state = d['rng']
 
-  def load_state_dict(self, d: dict) -> None:
-    if (int(d['capacity']), int(d['num_workers'])) != (
-        self.capacity, self.num_workers):
-      raise ValueError(
-          f'replay state has capacity {d["capacity"]} and '
-          f'{d["num_workers"]} workers; this replay has {self.capacity} and '
-          f'{self.num_workers}')
-    self.counts = np.asarray(d['counts'], np.int64).copy()
-    self.data = ({k: np.array(v) for k, v in d['data'].items()}
-                 if len(d['data']) else None)
-    self.rng.bit_generator.state = d['rng']
+    # Saving to / loading from a directory (the interface DiskReplay shares).
 
-  # Saving to / loading from a directory (the interface DiskReplay shares).
+    FILENAME = 'replay.npz'
 
-  FILENAME = 'replay.npz'
+    def save(self, directory) -> dict:
+        """Writes ``<directory>/replay.npz`` atomically (temp file, fsync,
+        rename). Returns a small JSON-able summary for checkpoint metadata."""
+        directory = pathlib.Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        keys = [] if self.data is None else list(self.data)
+        header = dict(
+            kind='memory',
+            capacity=self.capacity,
+            num_workers=self.num_workers,
+            keys=keys,
+            rng=self.rng.bit_generator.state,
+        )
+        arrays = {'header': np.array(json.dumps(header)), 'counts': self.counts}
+        # ring slots [0, filled) are the only ones ever written: save just those
+        filled = int(min(self.counts.max(initial=0), self.capacity // self.num_workers))
+        for i, key in enumerate(keys):
+            arrays[f'data{i}'] = self.data[key][:, :filled]
+        atomic_write(directory / self.FILENAME, lambda f: np.savez(f, **arrays))
+        return self.info()
 
-  def save(self, directory) -> dict:
-    """Writes ``<directory>/replay.npz`` atomically (temp file, fsync,
-    rename). Returns a small JSON-able summary for checkpoint metadata."""
-    directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    keys = [] if self.data is None else list(self.data)
-    header = dict(kind='memory', capacity=self.capacity,
-                  num_workers=self.num_workers, keys=keys,
-                  rng=self.rng.bit_generator.state)
-    arrays = {'header': np.array(json.dumps(header)), 'counts': self.counts}
-    # ring slots [0, filled) are the only ones ever written: save just those
-    filled = int(min(self.counts.max(initial=0), self.capacity // self.num_workers))
-    for i, key in enumerate(keys):
-      arrays[f'data{i}'] = self.data[key][:, :filled]
-    atomic_write(directory / self.FILENAME, lambda f: np.savez(f, **arrays))
-    return self.info()
+    def load(self, directory) -> bool:
+        """Restores from ``save(directory)``; False when there is nothing there.
+        Raises ReplayError when the file belongs to another replay shape."""
+        path = pathlib.Path(directory) / self.FILENAME
+        if not path.exists():
+            return False
+        with np.load(path, allow_pickle=False) as f:
+            header = json.loads(str(f['header']))
+            if header.get('kind') != 'memory':
+                raise ReplayError(f'{path} holds a {header.get("kind")} replay, not a memory replay')
+            if (header['capacity'], header['num_workers']) != (self.capacity, self.num_workers):
+                raise ReplayError(
+                    f'{path} holds a replay of capacity {header["capacity"]} with '
+                    f'{header["num_workers"]} workers; this run asks for capacity '
+                    f'{self.capacity} with {self.num_workers}: use the same '
+                    '--replay_size and envs.amount'
+                )
+            data = {}
+            for i, k in enumerate(header['keys']):
+                saved = f[f'data{i}']  # [W, filled, ...]
+                full = np.zeros(
+                    (self.num_workers, self.capacity // self.num_workers) + saved.shape[2:], saved.dtype
+                )
+                full[:, : saved.shape[1]] = saved
+                data[k] = full
+            self.counts = np.asarray(f['counts'], np.int64)
+        self.data = data or None
+        self.rng.bit_generator.state = header['rng']
+        return True
 
-  def load(self, directory) -> bool:
-    """Restores from ``save(directory)``; False when there is nothing there.
-    Raises ReplayError when the file belongs to another replay shape."""
-    path = pathlib.Path(directory) / self.FILENAME
-    if not path.exists():
-      return False
-    with np.load(path, allow_pickle=False) as f:
-      header = json.loads(str(f['header']))
-      if header.get('kind') != 'memory':
-        raise ReplayError(f'{path} holds a {header.get("kind")} replay, not a '
-                          'memory replay')
-      if (header['capacity'], header['num_workers']) != (self.capacity,
-                                                         self.num_workers):
-        raise ReplayError(
-            f'{path} holds a replay of capacity {header["capacity"]} with '
-            f'{header["num_workers"]} workers; this run asks for capacity '
-            f'{self.capacity} with {self.num_workers}: use the same '
-            '--replay_size and envs.amount')
-      data = {}
-      for i, k in enumerate(header['keys']):
-        saved = f[f'data{i}']  # [W, filled, ...]
-        full = np.zeros((self.num_workers, self.capacity // self.num_workers)
-                        + saved.shape[2:], saved.dtype)
-        full[:, :saved.shape[1]] = saved
-        data[k] = full
-      self.counts = np.asarray(f['counts'], np.int64)
-    self.data = data or None
-    self.rng.bit_generator.state = header['rng']
-    return True
-
-  def info(self) -> dict:
-    return dict(kind='memory', size=len(self), capacity=self.capacity,
-                num_workers=self.num_workers,
-                counts=[int(c) for c in self.counts])
+    def info(self) -> dict:
+        return dict(
+            kind='memory',
+            size=len(self),
+            capacity=self.capacity,
+            num_workers=self.num_workers,
+            counts=[int(c) for c in self.counts],
+        )
