@@ -9,7 +9,6 @@ the page cache here (the files were just written); a cold cache reads at disk sp
 """
 
 import argparse
-import os
 import pathlib
 import shutil
 import sys

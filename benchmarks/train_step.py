@@ -286,7 +286,7 @@ def main(argv=None):
         return 0
     try:  # fail early, in one line, on a bad config
         for core in args.cores:
-            cfg = configlib.parse(point_argv(args, overrides, core, args.lengths[0]))
+            configlib.parse(point_argv(args, overrides, core, args.lengths[0]))
     except configlib.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

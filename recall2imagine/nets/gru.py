@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from recall2imagine.nets import dists
 from recall2imagine.nets.layers import DenseNormAct, Linear, Norm
+from recall2imagine.nets.rssm import clip_action, initial_latent, latent_logit
 
 
 class GRUCell(eqx.Module):
@@ -85,34 +86,16 @@ class GRURSSM(eqx.Module):
 
     # ------------------------------------------------------------ pieces
 
-    def _stats(self, x, out, stats):  # [..., *] -> logit [..., S, C] float32
-        logits = stats(out(x)).reshape(x.shape[:-1] + (self.stoch, self.classes))
-        return dists.unimix_logits(logits.astype(jnp.float32), self.unimix)
-
     def prior_logit(self, deter):  # [..., D] -> [..., S, C]
-        return self._stats(deter, self.img_out, self.img_stats)
+        return latent_logit(deter, self.img_out, self.img_stats, self.stoch, self.classes, self.unimix)
 
     def post_logit(self, deter, embed):  # [..., D], [..., E] -> [..., S, C]
-        return self._stats(jnp.concatenate([deter, embed.astype(deter.dtype)], -1), self.obs_out, self.obs_stats)
-
-    def _clip_action(self, action):
-        if not self.action_clip:
-            return action
-        mag = jnp.maximum(1.0, jnp.abs(action).max(-1, keepdims=True) / self.action_clip)
-        return action / jax.lax.stop_gradient(mag)
+        x = jnp.concatenate([deter, embed.astype(deter.dtype)], -1)
+        return latent_logit(x, self.obs_out, self.obs_stats, self.stoch, self.classes, self.unimix)
 
     def initial(self, batch_shape, dtype=jnp.float32):
         """The initial latent, broadcast to `batch_shape`."""
-        if self.initial_deter is None:
-            deter = jnp.zeros((self.deter,), dtype)
-            stoch = jnp.zeros((self.stoch, self.classes), dtype)
-            logit = jnp.zeros((self.stoch, self.classes), jnp.float32)
-        else:
-            deter = jnp.tanh(self.initial_deter).astype(dtype)
-            logit = self.prior_logit(deter)
-            stoch = dists.onehot_mode(logit).astype(dtype)
-        latent = dict(stoch=stoch, logit=logit, deter=deter)
-        return jax.tree.map(lambda x: jnp.broadcast_to(x, tuple(batch_shape) + x.shape), latent)
+        return initial_latent(self, self.deter, batch_shape, dtype)
 
     def _deter(self, latent, action):  # one GRU step: latent [N], action [N, A] -> deter [N, D]
         z = latent["stoch"].reshape(latent["stoch"].shape[:-2] + (-1,))
@@ -130,7 +113,7 @@ class GRURSSM(eqx.Module):
     def _post_step(self, latent, action, embed, is_first, key):
         """Reset, GRU step, posterior: returns (post latent [N], prior logit [N, S, C])."""
         latent, action = self._reset(latent, action, is_first)
-        deter = self._deter(latent, self._clip_action(action))
+        deter = self._deter(latent, clip_action(action, self.action_clip))
         logit = self.post_logit(deter, embed)
         stoch = dists.onehot_sample(key, logit).astype(deter.dtype)
         return dict(stoch=stoch, logit=logit, deter=deter), self.prior_logit(deter)
@@ -165,7 +148,7 @@ class GRURSSM(eqx.Module):
 
     def img_step(self, latent, action, key):
         """One step of the prior: latent [N], action [N, A] -> prior latent [N]."""
-        deter = self._deter(latent, self._clip_action(action))
+        deter = self._deter(latent, clip_action(action, self.action_clip))
         logit = self.prior_logit(deter)
         stoch = dists.onehot_sample(key, logit).astype(deter.dtype)
         return dict(stoch=stoch, logit=logit, deter=deter)

@@ -18,6 +18,38 @@ from recall2imagine.nets.layers import DenseNormAct, Linear
 from recall2imagine.nets.ssm import SSMStack
 
 
+# ------------------------------------------------------------ shared by both cores (rssm, gru)
+
+
+def latent_logit(x, out, stats, stoch, classes, unimix):
+    """x [..., *] -> out (Dense+LN+SiLU) -> stats -> unimix log-probs [..., S, C] float32."""
+    logits = stats(out(x)).reshape(x.shape[:-1] + (stoch, classes))
+    return dists.unimix_logits(logits.astype(jnp.float32), unimix)
+
+
+def clip_action(action, clip):
+    """Rescale so that max |a| <= clip, without a gradient through the factor (0: no clip)."""
+    if not clip:
+        return action
+    mag = jnp.maximum(1.0, jnp.abs(action).max(-1, keepdims=True) / clip)
+    return action / jax.lax.stop_gradient(mag)
+
+
+def initial_latent(core, deter_size, batch_shape, dtype, **extra):
+    """Initial latent of a core with fields initial_deter, stoch, classes and method prior_logit:
+    learned (deter = tanh(initial_deter), stoch = prior mode) or zeros; broadcast to batch_shape."""
+    if core.initial_deter is None:
+        deter = jnp.zeros((deter_size,), dtype)
+        stoch = jnp.zeros((core.stoch, core.classes), dtype)
+        logit = jnp.zeros((core.stoch, core.classes), jnp.float32)
+    else:
+        deter = jnp.tanh(core.initial_deter).astype(dtype)
+        logit = core.prior_logit(deter)
+        stoch = dists.onehot_mode(logit).astype(dtype)
+    latent = dict(stoch=stoch, logit=logit, deter=deter, **extra)
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, tuple(batch_shape) + x.shape), latent)
+
+
 class RSSM(eqx.Module):
     img_in: DenseNormAct  # [stoch*classes + A] -> H
     stack: SSMStack
@@ -70,24 +102,14 @@ class RSSM(eqx.Module):
 
     # ------------------------------------------------------------ pieces
 
-    def _stats(self, x, out, stats):  # [..., *] -> logit [..., S, C] float32
-        logits = stats(out(x)).reshape(x.shape[:-1] + (self.stoch, self.classes))
-        return dists.unimix_logits(logits.astype(jnp.float32), self.unimix)
-
     def prior_logit(self, deter):  # [..., D] -> [..., S, C]
-        return self._stats(deter, self.img_out, self.img_stats)
+        return latent_logit(deter, self.img_out, self.img_stats, self.stoch, self.classes, self.unimix)
 
     def post_logit(self, embed):  # [..., E] -> [..., S, C]
-        return self._stats(embed, self.obs_out, self.obs_stats)
+        return latent_logit(embed, self.obs_out, self.obs_stats, self.stoch, self.classes, self.unimix)
 
     def _deter(self, out):  # stack output [..., H] -> deter [..., D]
         return jax.nn.silu(self.out_proj(out))
-
-    def _clip_action(self, action):
-        if not self.action_clip:
-            return action
-        mag = jnp.maximum(1.0, jnp.abs(action).max(-1, keepdims=True) / self.action_clip)
-        return action / jax.lax.stop_gradient(mag)
 
     def _init_hidden(self):  # [L, P] complex64
         if self.initial_hidden is None:
@@ -96,17 +118,7 @@ class RSSM(eqx.Module):
 
     def initial(self, batch_shape, dtype=jnp.float32):
         """The initial latent, broadcast to `batch_shape`."""
-        hidden = self._init_hidden()
-        if self.initial_deter is None:
-            deter = jnp.zeros(self.out_proj.w.shape[1:], dtype)
-            stoch = jnp.zeros((self.stoch, self.classes), dtype)
-            logit = jnp.zeros((self.stoch, self.classes), jnp.float32)
-        else:
-            deter = jnp.tanh(self.initial_deter).astype(dtype)
-            logit = self.prior_logit(deter)
-            stoch = dists.onehot_mode(logit).astype(dtype)
-        latent = dict(stoch=stoch, logit=logit, deter=deter, hidden=hidden)
-        return jax.tree.map(lambda x: jnp.broadcast_to(x, tuple(batch_shape) + x.shape), latent)
+        return initial_latent(self, self.out_proj.w.shape[1], batch_shape, dtype, hidden=self._init_hidden())
 
     def _input(self, stoch, action):  # [..., S, C], [..., A] -> [..., H]
         z = stoch.reshape(stoch.shape[:-2] + (-1,))
@@ -131,7 +143,7 @@ class RSSM(eqx.Module):
         first = is_first[..., None, None]
         prev_stoch = jnp.concatenate([start["stoch"][:, None].astype(dtype), post_stoch[:, :-1]], 1)
         prev_stoch = jnp.where(first, init["stoch"], prev_stoch)  # [B, T, S, C]
-        prev_action = self._clip_action(prev_action) * (1.0 - is_first[..., None].astype(prev_action.dtype))
+        prev_action = clip_action(prev_action, self.action_clip) * (1.0 - is_first[..., None].astype(prev_action.dtype))
         u = self._input(prev_stoch, prev_action)  # [B, T, H]
         x0 = jnp.where(is_first[:, 0, None, None], init["hidden"], start["hidden"])  # [B, L, P]
         resets = is_first if self.reset else jnp.zeros_like(is_first)
@@ -147,7 +159,7 @@ class RSSM(eqx.Module):
 
     def img_step(self, latent, action, key):
         """One step of the prior: latent [N], action [N, A] -> prior latent [N]."""
-        u = self._input(latent["stoch"], self._clip_action(action))  # [N, H]
+        u = self._input(latent["stoch"], clip_action(action, self.action_clip))  # [N, H]
         out, hidden = jax.vmap(self.stack.step)(u, latent["hidden"])
         deter = self._deter(out)
         logit = self.prior_logit(deter)
