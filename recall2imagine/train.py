@@ -32,10 +32,25 @@ def setup_jax(cfg):
     try:
         backend = jax.default_backend()
     except RuntimeError as e:
-        raise configlib.ConfigError(f"--jax.platform {platform}: not available here ({e}); use --jax.platform cpu")
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise configlib.ConfigError(f"--jax.platform {platform}: not available here ({reason}); "
+                                    f"use --jax.platform cpu")
     if cfg.jax.precision not in ("float32", "bfloat16", "float16"):
         raise configlib.ConfigError(
             f"--jax.precision must be float32, bfloat16 or float16, got {cfg.jax.precision!r}")
+    devices = jax.devices()
+    for name in ("train_devices", "policy_devices"):
+        ids = list(cfg.jax[name])
+        bad = [i for i in ids if not 0 <= i < len(devices)]
+        if not ids or bad:
+            raise configlib.ConfigError(
+                f"--jax.{name} {' '.join(map(str, ids)) or '(empty)'}: no such device; available on {backend}: "
+                + ", ".join(f"{i} ({d.device_kind})" for i, d in enumerate(devices)))
+    if list(cfg.jax.train_devices) != [0] or list(cfg.jax.policy_devices) != [0]:
+        # multi-device data-parallel training is not built yet: say so instead of ignoring the flag
+        raise configlib.ConfigError(
+            "--jax.train_devices / --jax.policy_devices other than 0 are not supported in this build yet; "
+            "use the defaults (--jax.train_devices 0 --jax.policy_devices 0)")
     return backend
 
 
