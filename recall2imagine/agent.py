@@ -176,16 +176,17 @@ class Agent:
         actor_out = self.act_dim if self.discrete else 2 * self.act_dim
         actor = MLP(fs(a.inputs, "actor.inputs"), a.layers, a.units, actor_out, key=k_actor)
         critic = MLP(fs(c.inputs, "critic.inputs"), c.layers, c.units, c.bins, key=k_critic, outscale=c.outscale)
-        self.bins = dists.twohot_bins(c.bins)
+        self.value_bins = dists.twohot_bins(c.bins)
+        self.reward_bins = dists.twohot_bins(cfg.reward_head.bins)
         wm_params = eqx.filter(wm, eqx.is_array)
-        m, a, c = cfg.model_opt, cfg.actor_opt, cfg.critic_opt
+        m, ao, co = cfg.model_opt, cfg.actor_opt, cfg.critic_opt
         # the S5 leaves form their own group: own lr, own global-norm clip, no weight decay
         self.labels = param_labels(wm_params)
         self.wm_opt = optax.multi_transform(
             {"rest": _adam(m.lr, m.eps, m.clip, m.wd, kernel_mask), "ssm": _adam(m.ssm_lr, m.eps, m.clip)},
             self.labels)
-        self.actor_opt = _adam(a.lr, a.eps, a.clip, a.wd, kernel_mask)
-        self.critic_opt = _adam(c.lr, c.eps, c.clip, c.wd, kernel_mask)
+        self.actor_opt = _adam(ao.lr, ao.eps, ao.clip, ao.wd, kernel_mask)
+        self.critic_opt = _adam(co.lr, co.eps, co.clip, co.wd, kernel_mask)
         self.state = AgentState(
             wm=wm, actor=actor, critic=critic, slow_critic=jax.tree.map(jnp.copy, critic),
             wm_opt=self.wm_opt.init(wm_params),
@@ -297,7 +298,7 @@ class Agent:
         losses["vector"] = wm.decoder.loss(feat(cfg.decoder.inputs), batch)
         reward_logits = wm.reward(feat(cfg.reward_head.inputs))
         losses["reward"] = -dists.twohot_logprob(reward_logits, jnp.asarray(batch["reward"], jnp.float32),
-                                                 self.bins)
+                                                 self.reward_bins)
         cont_logit = wm.cont(feat(cfg.cont_head.inputs))[..., 0]
         cont = 1.0 - jnp.asarray(batch["is_terminal"], jnp.float32)
         losses["cont"] = -dists.bernoulli_logprob(cont_logit, cont)
@@ -314,7 +315,7 @@ class Agent:
             prior_ent=dists.categorical_entropy(prior["logit"]).sum(-1).mean(),
             post_ent=dists.categorical_entropy(post["logit"]).sum(-1).mean(),
             reward_max_data=jnp.abs(batch["reward"]).max(),
-            reward_max_pred=jnp.abs(dists.twohot_mean(reward_logits, self.bins)).max(),
+            reward_max_pred=jnp.abs(dists.twohot_mean(reward_logits, self.reward_bins)).max(),
             cont_acc=((cont_logit > 0) == (cont > 0.5)).mean())
         return total, (post, metrics)
 
@@ -331,7 +332,7 @@ class Agent:
         return latents, actions
 
     def _critic_value(self, critic, latent):
-        return dists.twohot_mean(critic(features(latent, self.cfg.critic.inputs, self.dtype)), self.bins)
+        return dists.twohot_mean(critic(features(latent, self.cfg.critic.inputs, self.dtype)), self.value_bins)
 
     def _actor_critic(self, state, start, start_cont, key):
         cfg, wm = self.cfg, state.wm
@@ -342,7 +343,7 @@ class Agent:
 
         def rollout(actor):
             latents, actions = self._imagine(frozen_wm, actor, start, key)
-            reward = dists.twohot_mean(frozen_wm.reward(feat(latents, cfg.reward_head.inputs)), self.bins)
+            reward = dists.twohot_mean(frozen_wm.reward(feat(latents, cfg.reward_head.inputs)), self.reward_bins)
             cont = (frozen_wm.cont(feat(latents, cfg.cont_head.inputs))[..., 0] > 0).astype(jnp.float32)
             cont = cont.at[0].set(start_cont)  # [K+1, N]
             value = self._critic_value(state.critic, latents)  # [K+1, N], fast critic
@@ -386,8 +387,8 @@ class Agent:
 
         def critic_loss_fn(params):
             logits = eqx.combine(params, critic_static)(feat(states, cfg.critic.inputs))
-            loss = -dists.twohot_logprob(logits, ret, self.bins)
-            loss = loss - cfg.loss_scales.slowreg * dists.twohot_logprob(logits, slow_mean, self.bins)
+            loss = -dists.twohot_logprob(logits, ret, self.value_bins)
+            loss = loss - cfg.loss_scales.slowreg * dists.twohot_logprob(logits, slow_mean, self.value_bins)
             return (weight * loss).mean() * cfg.loss_scales.critic
 
         critic_params, critic_opt, s2, g2, loss, _, grads, finite_c = optimize(
