@@ -12,7 +12,10 @@ import sys
 import time
 
 if __package__ in (None, ""):  # `python recall2imagine/train.py`
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+    # drop the script's folder from the path: its logging.py would shadow the stdlib's
+    _here = pathlib.Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
 
 import numpy as np
 
@@ -72,9 +75,11 @@ def run(cfg):
     from recall2imagine.checkpoint import Checkpointer, CheckpointError, config_hash
     from recall2imagine.driver import Driver
     from recall2imagine.envs import make_env
-    from recall2imagine.logging import Logger
+    from recall2imagine.logging import Logger, Progress, check_outputs
     from recall2imagine.replay import make_replay
 
+    # jsonl always; W&B also when a run name is given
+    outputs = check_outputs(dict.fromkeys(("jsonl", *cfg.run.loggers, *(("wandb",) if cfg.wdb_name else ()))))
     backend = setup_jax(cfg)
     logdir = pathlib.Path(cfg.logdir or configlib.default_logdir(cfg)).expanduser()
     logdir.mkdir(parents=True, exist_ok=True)
@@ -88,7 +93,9 @@ def run(cfg):
                          directory=cfg.replay_dir or logdir / "replay")
     agent = Agent(cfg, obs_space, act_space, jax.random.PRNGKey(cfg.seed))
     driver = Driver(envs)
-    logger = Logger(logdir)
+    progress = Progress(cfg.run.steps, sys.stdout)  # live status line on a terminal, silent otherwise
+    logger = Logger(logdir, outputs + ("console",), wandb_name=cfg.wdb_name, config=cfg.to_dict(),
+                    console=progress.println)
     rng = np.random.default_rng(cfg.seed)
     key = jax.random.PRNGKey(cfg.seed + 1)
     counters = dict(step=0, updates=0, owed=0.0)
@@ -125,6 +132,7 @@ def run(cfg):
     def on_step(tran, workers):
         replay.add(tran, workers)
         counters["step"] += len(workers)
+        progress.update(counters["step"], counters["updates"], scores)
 
     def on_episode(ep):
         scores.append(ep["score"])
@@ -174,8 +182,10 @@ def run(cfg):
                    on_step=train_on_step, on_episode=on_episode)
     except KeyboardInterrupt:
         interrupted = True
+        progress.close()
         print("\ninterrupted: saving a checkpoint and the logs", flush=True)
     finally:
+        progress.close()
         write_logs()
         save_checkpoint()
         logger.close()
@@ -186,6 +196,7 @@ def run(cfg):
     print(f"{'stopped' if interrupted else 'done'}: {counters['step']} env steps, {counters['updates']} updates, "
           f"{minutes:.1f} min | mean return over last {len(scores)} episodes: {mean:.3f} | logs: {logdir}",
           flush=True)
+    print(logger.summary(), flush=True)
     return mean
 
 
