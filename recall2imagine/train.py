@@ -74,7 +74,7 @@ def run(cfg):
     from recall2imagine.agent import Agent
     from recall2imagine.checkpoint import Checkpointer, CheckpointError, config_hash
     from recall2imagine.driver import Driver
-    from recall2imagine.envs import make_env
+    from recall2imagine.envs import make_env, parse_task
     from recall2imagine.logging import Logger, Progress, check_outputs
     from recall2imagine.replay import make_replay
 
@@ -87,7 +87,10 @@ def run(cfg):
     cfg.save(logdir / "config.yaml")
     print(f"logdir {logdir} | task {cfg.task} | backend {backend}", flush=True)
 
-    envs = [make_env(cfg.task, seed=cfg.seed * 1000 + i) for i in range(cfg.envs.amount)]
+    # bsuite's own CSV log (from the first env) lets bsuite's analysis code score the run
+    bsuite_dir = str(logdir / "bsuite") if parse_task(cfg.task)[0] == "bsuite" else None
+    envs = [make_env(cfg.task, seed=cfg.seed * 1000 + i, bsuite_logdir=bsuite_dir if i == 0 else None)
+            for i in range(cfg.envs.amount)]
     obs_space, act_space = envs[0].obs_space, envs[0].act_space
     replay = make_replay(cfg.replay, cfg.replay_size, len(envs), seed=cfg.seed,
                          directory=cfg.replay_dir or logdir / "replay")

@@ -226,3 +226,17 @@ def test_list_cli(capsys):
     out = capsys.readouterr().out.split()
     assert 'bsuite:memory_len/0' in out and 'bsuite:discounting_chain/19' in out
     assert main(['--list', 'nope']) == 2
+
+
+def test_bsuite_csv_of_a_restarted_run_is_kept(tmp_path):
+    import glob
+
+    for _ in range(2):
+        env = make_env('bsuite:memory_len/0', bsuite_logdir=str(tmp_path))
+        obs = env.reset()
+        while not obs['is_last']:
+            obs = env.step(0)
+        env.close()
+    csvs = sorted(glob.glob(str(tmp_path / '*.csv')))
+    baks = sorted(glob.glob(str(tmp_path / '*.bak')))
+    assert len(csvs) == 1 and len(baks) == 1, (csvs, baks)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import pathlib
 
 import numpy as np
 
@@ -38,6 +39,21 @@ def _spec_size(spec) -> int:
     return int(np.prod(spec.shape))
 
 
+def _keep_old_csv(results_dir, bsuite_id):
+    """bsuite's CSV logger overwrites its file; a restarted run moves the old one aside instead
+    (as `<name>.csv.<n>.bak`, which bsuite's loaders ignore) so no recorded episode is lost."""
+    from bsuite.logging import csv_logging
+    from bsuite.sweep import SEPARATOR
+
+    name = f'{csv_logging.BSUITE_PREFIX}{bsuite_id.replace(SEPARATOR, csv_logging.SAFE_SEPARATOR)}.csv'
+    path = pathlib.Path(results_dir) / name
+    if path.exists():
+        n = 1
+        while path.with_name(f'{name}.{n}.bak').exists():
+            n += 1
+        path.rename(path.with_name(f'{name}.{n}.bak'))
+
+
 class BSuite(Env):
     """One bsuite environment behind the common ``Env`` interface.
 
@@ -56,6 +72,7 @@ class BSuite(Env):
         try:
             with ctx:
                 if bsuite_logdir is not None:
+                    _keep_old_csv(bsuite_logdir, bsuite_id)
                     self._env = bsuite.load_and_record_to_csv(
                         bsuite_id, results_dir=str(bsuite_logdir), overwrite=True
                     )
