@@ -1,0 +1,157 @@
+"""Run many training runs (tasks x seeds) in parallel processes and summarise them.
+
+  python -m recall2imagine.sweep --configs bsuite cpu --tasks bsuite:memory_len/0-10 --seeds 3 \\
+      --workers 2 --logdir ~/logdir/sweep [--run.steps 20000 ...]
+
+Each run trains in `<logdir>/<task>/seed<k>` (task with ':' and '/' made file-safe) through
+`python -m recall2imagine.train`; flags the sweep does not know are passed to every run. A run
+that finished has `done.json` and is skipped next time; a run that was interrupted or failed is
+started again and resumes from its last checkpoint. Ctrl-C stops the runs (each saves a
+checkpoint). At the end, `summary.csv` and `summary.md` list every task and seed with the mean
+return of the last `--last` episodes.
+"""
+import argparse
+import concurrent.futures
+import csv
+import json
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def expand_tasks(specs):
+    """`suite:exp/0-3` -> suite:exp/0 .. suite:exp/3; other entries unchanged."""
+    out = []
+    for spec in specs:
+        m = re.fullmatch(r"(.*/)(\d+)-(\d+)", spec)
+        if m:
+            lo, hi = int(m.group(2)), int(m.group(3))
+            if hi < lo:
+                raise ValueError(f"task range {spec!r} is empty; write low-high")
+            out += [f"{m.group(1)}{i}" for i in range(lo, hi + 1)]
+        else:
+            out.append(spec)
+    return out
+
+
+def run_dir(root, task, seed):
+    return pathlib.Path(root) / re.sub(r"[:/]", "_", task) / f"seed{seed}"
+
+
+def final_return(directory, last=50):
+    """(mean of the last `last` episode scores, number of episodes) from scores.jsonl."""
+    path = pathlib.Path(directory) / "scores.jsonl"
+    scores = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # the line being written when a run was killed
+                continue
+            value = next((v for k, v in row.items() if k.endswith("episode/score")), None)
+            if value is not None:
+                scores.append(value)
+    return (float(np.mean(scores[-last:])) if scores else float("nan")), len(scores)
+
+
+def _run_one(job, stop):
+    """Train one (task, seed) to completion in a subprocess; returns its status."""
+    directory = job["dir"]
+    if (directory / "done.json").exists():
+        return "done (skipped)"
+    directory.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "recall2imagine.train", "--configs", *job["configs"], "--task", job["task"],
+           "--seed", str(job["seed"]), "--logdir", str(directory), *job["extra"]]
+    with open(directory / "sweep.log", "a") as log:
+        log.write(f"\n$ {' '.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        while proc.poll() is None:
+            if stop["now"]:
+                proc.send_signal(signal.SIGINT)  # the run saves a checkpoint and its logs
+                proc.wait()
+                return "interrupted"
+            time.sleep(0.5)
+    if proc.returncode != 0:
+        return f"failed (exit {proc.returncode}, see {directory / 'sweep.log'})"
+    score, episodes = final_return(directory)
+    (directory / "done.json").write_text(json.dumps({"score": score, "episodes": episodes}))
+    return "done"
+
+
+def summarise(root, jobs, statuses, last):
+    rows = []
+    for job, status in zip(jobs, statuses):
+        score, episodes = final_return(job["dir"], last)
+        rows.append(dict(task=job["task"], seed=job["seed"], score=score, episodes=episodes, status=status,
+                         logdir=str(job["dir"])))
+    root = pathlib.Path(root)
+    with open(root / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [f"| task | seed | mean return (last {last} episodes) | episodes | status |", "|---|---:|---:|---:|---|"]
+    lines += [f"| {r['task']} | {r['seed']} | {r['score']:.3f} | {r['episodes']} | {r['status']} |" for r in rows]
+    by_task = {}
+    for r in rows:
+        by_task.setdefault(r["task"], []).append(r["score"])
+    lines += ["", "| task | seeds | mean | min | max |", "|---|---:|---:|---:|---:|"]
+    for task, scores in by_task.items():
+        s = np.asarray(scores, float)
+        lines.append(f"| {task} | {len(s)} | {np.nanmean(s) if np.isfinite(s).any() else float('nan'):.3f} | "
+                     f"{np.nanmin(s) if np.isfinite(s).any() else float('nan'):.3f} | "
+                     f"{np.nanmax(s) if np.isfinite(s).any() else float('nan'):.3f} |")
+    (root / "summary.md").write_text("\n".join(lines) + "\n")
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    p.add_argument("--configs", nargs="+", required=True)
+    p.add_argument("--tasks", nargs="+", required=True, help="task strings; `suite:exp/0-10` is a range")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0 .. N-1 per task")
+    p.add_argument("--workers", type=int, default=2, help="runs in parallel")
+    p.add_argument("--logdir", required=True)
+    p.add_argument("--last", type=int, default=50, help="episodes averaged for the final return")
+    args, extra = p.parse_known_args(argv)
+    try:
+        tasks = expand_tasks(args.tasks)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    jobs = [dict(task=t, seed=s, configs=args.configs, extra=extra, dir=run_dir(args.logdir, t, s))
+            for t in tasks for s in range(args.seeds)]
+    pathlib.Path(args.logdir).mkdir(parents=True, exist_ok=True)
+    print(f"sweep: {len(jobs)} runs ({len(tasks)} tasks x {args.seeds} seeds), {args.workers} at a time, "
+          f"in {args.logdir}", flush=True)
+    stop = {"now": False}
+    statuses = ["not started"] * len(jobs)
+    pool = concurrent.futures.ThreadPoolExecutor(max(1, args.workers))
+    futures = {pool.submit(_run_one, job, stop): i for i, job in enumerate(jobs)}
+    try:
+        for future in concurrent.futures.as_completed(futures):
+            i = futures[future]
+            statuses[i] = future.result()
+            print(f"  {jobs[i]['task']} seed {jobs[i]['seed']}: {statuses[i]}", flush=True)
+    except KeyboardInterrupt:
+        stop["now"] = True
+        print("\ninterrupted: stopping runs (each saves a checkpoint); run the same command to continue",
+              flush=True)
+        for future, i in futures.items():
+            if not future.cancel():
+                statuses[i] = future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    summarise(args.logdir, jobs, statuses, args.last)
+    print(f"summary: {pathlib.Path(args.logdir) / 'summary.md'}", flush=True)
+    print((pathlib.Path(args.logdir) / "summary.md").read_text(), flush=True)
+    return 0 if all(s.startswith("done") for s in statuses) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
