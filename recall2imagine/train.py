@@ -173,6 +173,28 @@ def run(cfg):
         action, pstate = agent.policy(obs, pstate, sub)
         return {"action": action}, pstate
 
+    def evaluate():
+        """`run.eval_eps` greedy episodes on a separate env, logged as eval/*, not added to the replay."""
+        eval_driver = Driver([eval_env])
+        returns, lengths = [], []
+
+        def on_eval_episode(ep):
+            returns.append(ep["score"])
+            lengths.append(ep["length"])
+
+        def greedy(obs, pstate):
+            nonlocal key
+            key, sub = jax.random.split(key)
+            action, pstate = agent.policy(obs, pstate, sub, mode="eval")
+            return {"action": action}, pstate
+
+        while len(returns) < cfg.run.eval_eps:
+            eval_driver(greedy, steps=1, on_episode=on_eval_episode)
+        logger.add({"eval/score": float(np.mean(returns)), "eval/length": float(np.mean(lengths))})
+        counters["next_eval"] = counters["step"] + cfg.run.eval_every
+
+    eval_env = make_env(cfg.task, seed=cfg.seed * 1000 + 999) if cfg.run.eval_eps > 0 else None
+    counters.setdefault("next_eval", cfg.run.eval_every)
     start = time.time()
     interrupted = False
     try:
@@ -183,6 +205,8 @@ def run(cfg):
         while counters["step"] < cfg.run.steps:
             driver(agent_policy, steps=min(len(envs) * 16, cfg.run.steps - counters["step"]),
                    on_step=train_on_step, on_episode=on_episode)
+            if eval_env is not None and counters["step"] >= counters["next_eval"]:
+                evaluate()
     except KeyboardInterrupt:
         interrupted = True
         progress.close()
@@ -192,7 +216,7 @@ def run(cfg):
         write_logs()
         save_checkpoint()
         logger.close()
-        for env in envs:
+        for env in envs + ([eval_env] if eval_env is not None else []):
             env.close()
     mean = float(np.mean(scores)) if scores else float("nan")
     minutes = (time.time() - start) / 60

@@ -32,6 +32,8 @@ def test_debug_run_writes_finite_metrics(tmp_path, configs, task, capsys):
         for k in ("train/model_loss", "train/actor_loss", "train/critic_loss", "train/reward_loss"):
             assert r[k] is not None and math.isfinite(r[k]), (k, r)
     assert any("episode/score" in r for r in rows)
+    evals = [r for r in rows if "eval/score" in r]  # debug: 2 greedy episodes every 300 env steps
+    assert evals and all(-1.0 <= r["eval/score"] <= 1.0 for r in evals)
     assert rows[-1]["step"] >= 600
     assert os.path.exists(os.path.join(logdir, "config.yaml"))
     out = capsys.readouterr().out
