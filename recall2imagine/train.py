@@ -8,7 +8,9 @@ Flow: envs -> driver -> replay -> agent.train (world model, imagination, actor-c
 import collections
 import os
 import pathlib
+import signal
 import sys
+import threading
 import time
 
 if __package__ in (None, ""):  # `python recall2imagine/train.py`
@@ -124,6 +126,9 @@ def run(cfg):
             ckpt.save(counters["step"], {"agent": agent.state, "key": key}, meta, extra=replay.save)
         except CheckpointError as e:  # e.g. disk full: keep training, keep the older checkpoints
             print(f"warning: {e}", file=sys.stderr, flush=True)
+        except RuntimeError as e:  # agent state lost mid-update (a second Ctrl-C): keep the old ones
+            print(f"warning: no checkpoint written ({str(e).splitlines()[0]}); the previous one is kept",
+                  file=sys.stderr, flush=True)
         last["save"] = time.time()
 
     batch_steps = cfg.batch_size * cfg.batch_length
@@ -133,6 +138,8 @@ def run(cfg):
     last = dict(time=time.time(), save=time.time(), step=counters["step"], updates=counters["updates"])
 
     def on_step(tran, workers):
+        if STOP["requested"]:  # a safe point: no update in flight, the transition not yet stored
+            raise KeyboardInterrupt
         replay.add(tran, workers)
         counters["step"] += len(workers)
         progress.update(counters["step"], counters["updates"], scores)
@@ -227,17 +234,35 @@ def run(cfg):
     return mean
 
 
+STOP = {"requested": False}
+
+
+def _stop_on_signal(signum, frame):
+    """First Ctrl-C / SIGTERM: stop at the next safe point (between env steps, never inside an
+    update, whose input buffers are donated) and save. A second one stops at once."""
+    if STOP["requested"]:
+        raise KeyboardInterrupt
+    STOP["requested"] = True
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C and SIGTERM (schedulers, `kill`) stop the run the same way: save a checkpoint and
+        # the logs. Installed explicitly because a process started in the background may inherit an
+        # ignored SIGINT; restored on return for callers that run main() in-process.
+        STOP["requested"] = False
+        previous = {sig: signal.signal(sig, _stop_on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         cfg = configlib.parse(argv)
         run(cfg)
-    except configlib.ConfigError as e:
+    except (configlib.ConfigError, ValueError) as e:  # bad flag, unknown task, ...: one line, says what to do
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except ValueError as e:  # unknown task, bad key selection, ... (one line, says what to do)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 

@@ -84,3 +84,20 @@ def test_sigkill_and_resume_repeatedly(tmp_path):
     assert max(after) <= 2.0 * max(before), (before, after)
     # resident memory after resumes does not grow from one restart to the next
     assert rss_before[-1] <= 1.25 * rss_before[0] + 100, rss_before
+
+
+def test_sigterm_saves_a_checkpoint_and_the_logs(tmp_path):
+    logdir = tmp_path / "run"
+    proc = _start(logdir, 1_000_000)
+    deadline = time.time() + 150
+    while time.time() < deadline and not _committed(logdir / "checkpoints"):
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out[-2000:]
+    assert "interrupted: saving a checkpoint" in out and "stopped:" in out
+    final = _committed(logdir / "checkpoints")[-1]
+    step = int(re.search(r"stopped: (\d+) env steps", out).group(1))
+    assert final == step  # the checkpoint written on the way out holds every step taken
