@@ -140,6 +140,13 @@ class Logger:
                 continue
             self.scalar(name, arr.astype(np.float64).mean())
 
+    def episode(self, step: int, score: float, length: int, prefix: str = 'episode') -> None:
+        """One line per finished episode in scores.jsonl, written at once (survives a crash)."""
+        if 'jsonl' in self.outputs:
+            f = self._file('scores.jsonl')
+            f.write(json.dumps({'step': int(step), f'{prefix}/score': float(score), f'{prefix}/length': int(length)}) + '\n')
+            f.flush()
+
     def _file(self, name):
         if name not in self._files:
             self._files[name] = open(os.path.join(self.logdir, name), 'a')
@@ -158,11 +165,6 @@ class Logger:
             f = self._file('metrics.jsonl')
             f.write(line + '\n')
             f.flush()
-            scores = {k: v for k, v in clean.items() if k.endswith('episode/score')}
-            if scores:
-                f = self._file('scores.jsonl')
-                f.write(json.dumps({'step': int(step), **scores}) + '\n')
-                f.flush()
         if self._tb is not None:
             try:
                 for name, value in metrics.items():

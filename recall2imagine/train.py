@@ -147,6 +147,7 @@ def run(cfg):
     def on_episode(ep):
         scores.append(ep["score"])
         logger.add({"episode/score": ep["score"], "episode/length": ep["length"]})
+        logger.episode(counters["step"], ep["score"], ep["length"])
 
     def train_on_step(tran, workers):
         nonlocal key

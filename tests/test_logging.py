@@ -36,7 +36,9 @@ def read_tb_scalars(tb_dir):
 
 def _log_two_writes(logger):
     logger.add({"episode/score": 1.0, "episode/length": 10})
+    logger.episode(40, 1.0, 10)
     logger.add({"episode/score": 3.0, "episode/length": 30})
+    logger.episode(70, 3.0, 30)
     logger.add({"model_loss": 0.5}, prefix="train")
     first = logger.write(100)
     logger.add({"model_loss": 0.25}, prefix="train")
@@ -50,7 +52,9 @@ def _check_jsonl_and_tb(logdir):
         {"step": 100, "episode/length": 20.0, "episode/score": 2.0, "train/model_loss": 0.5},
         {"step": 200, "train/model_loss": 0.25},
     ]
-    assert [json.loads(line) for line in open(logdir / "scores.jsonl")] == [{"step": 100, "episode/score": 2.0}]
+    assert [json.loads(line) for line in open(logdir / "scores.jsonl")] == [  # one line per episode
+        {"step": 40, "episode/score": 1.0, "episode/length": 10},
+        {"step": 70, "episode/score": 3.0, "episode/length": 30}]
     scalars = read_tb_scalars(logdir / "tb")
     assert scalars["train/model_loss"] == [(100, 0.5), (200, 0.25)]
     assert scalars["episode/score"] == [(100, 2.0)]
