@@ -48,7 +48,7 @@ import uuid
 
 import numpy as np
 
-from recall2imagine.replay.memory import ReplayError, atomic_write, check_add, draw_windows, fsync_dir
+from recall2imagine.replay.memory import ReplayError, WindowSampler, atomic_write, check_add, fsync_dir
 
 INDEX = 'replay_index.json'
 STAMPS = 'stamps.npy'
@@ -149,7 +149,7 @@ class _Npy:
             self.fd = None
 
 
-class DiskReplay:
+class DiskReplay(WindowSampler):
     """Same interface as MemoryReplay (add, sample, len, stored, num_windows,
     state_dict, load_state_dict, save, load, info), backed by sparse files."""
 
@@ -319,21 +319,13 @@ class DiskReplay:
 
     # Sampling.
 
-    def __len__(self) -> int:
-        return int(self.stored().sum())
-
     def stored(self) -> np.ndarray:
         """Steps currently readable per worker."""
         return self.counts - self.oldest
 
-    def num_windows(self, length: int) -> int:
-        return int(np.maximum(self.stored() - length + 1, 0).sum())
-
     def sample(self, batch_size: int, length: int) -> dict[str, np.ndarray]:
         """Returns ``{key: [batch_size, length, ...]}`` of uniform windows."""
-        if length > self.per_worker:
-            raise ValueError(f'length {length} exceeds the per-worker ring size {self.per_worker}')
-        worker, start = draw_windows(self.rng, self.counts, self.stored(), batch_size, length, len(self))
+        worker, start = self._draw(batch_size, length)
         pos = start % self.per_worker
         first = np.minimum(length, self.per_worker - pos)  # steps before the wrap
         batch = {}

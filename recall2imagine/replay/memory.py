@@ -56,6 +56,23 @@ def draw_windows(rng, counts, stored, batch_size: int, length: int, num_steps: i
     return worker, start
 
 
+class WindowSampler:
+    """What both replay kinds share: per-worker rings of `per_worker` steps whose readable steps
+    per worker are `stored()`, sampled as uniform windows of consecutive steps of one worker."""
+
+    def __len__(self) -> int:
+        return int(self.stored().sum())
+
+    def num_windows(self, length: int) -> int:
+        return int(np.maximum(self.stored() - length + 1, 0).sum())
+
+    def _draw(self, batch_size: int, length: int):
+        """(worker [B], start [B]): start is the ever-written index of each window's first step."""
+        if length > self.per_worker:
+            raise ValueError(f'length {length} exceeds the per-worker ring size {self.per_worker}')
+        return draw_windows(self.rng, self.counts, self.stored(), batch_size, length, len(self))
+
+
 def fsync_dir(directory) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -82,7 +99,7 @@ def atomic_write(path, write) -> None:
     fsync_dir(path.parent)
 
 
-class MemoryReplay:
+class MemoryReplay(WindowSampler):
     def __init__(self, capacity: int, num_workers: int, seed: int = 0):
         capacity, num_workers = int(capacity), int(num_workers)
         if num_workers < 1:
@@ -119,21 +136,13 @@ class MemoryReplay:
 
     # Sampling.
 
-    def __len__(self) -> int:
-        return int(np.minimum(self.counts, self.per_worker).sum())
-
     def stored(self) -> np.ndarray:
         """Steps currently stored per worker."""
         return np.minimum(self.counts, self.per_worker)
 
-    def num_windows(self, length: int) -> int:
-        return int(np.maximum(self.stored() - length + 1, 0).sum())
-
     def sample(self, batch_size: int, length: int) -> dict[str, np.ndarray]:
         """Returns ``{key: [batch_size, length, ...]}`` of uniform windows."""
-        if length > self.per_worker:
-            raise ValueError(f'length {length} exceeds the per-worker ring size {self.per_worker}')
-        worker, start = draw_windows(self.rng, self.counts, self.stored(), batch_size, length, len(self))
+        worker, start = self._draw(batch_size, length)
         # Ever-written index of each window start -> ring positions.
         pos = (start[:, None] + np.arange(length)[None]) % self.per_worker
         w = worker[:, None]
