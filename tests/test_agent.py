@@ -4,10 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recall2imagine import config as configlib
-from recall2imagine.agent import Agent, lambda_return, param_labels, SSM_LEAVES
-from recall2imagine.envs import make_env
+from recall2imagine.agent import SSM_LEAVES, lambda_return, param_labels
 from recall2imagine.nets import dists
+from helpers import debug_agent, random_batch
 
 jax.config.update("jax_platforms", "cpu")
 
@@ -65,17 +64,11 @@ def test_inverse_cdf_sampling_frequencies():
     np.testing.assert_allclose(freq, [0.1, 0.2, 0.3, 0.4], atol=0.015)
 
 
-def _debug_agent(*overrides):
-    cfg = configlib.parse(["--configs", "popgym", "debug", *overrides])
-    env = make_env(cfg.task, seed=0)
-    return cfg, env, Agent(cfg, env.obs_space, env.act_space, jax.random.PRNGKey(0))
-
-
 @pytest.mark.parametrize("parallel", ["True", "False"])
 def test_observe_matches_step_mode_with_resets(parallel):
     """The training pass (whole sequence, scan) equals acting step by step (obs_step) given the same
     posterior samples, including an episode reset in mid-sequence."""
-    cfg, env, agent = _debug_agent("--ssm.parallel", parallel, "--rssm.hidden", "8")
+    cfg, env, agent = debug_agent("--ssm.parallel", parallel, "--rssm.hidden", "8")
     rssm = agent.state.wm.rssm
     B, T, A = 2, 12, agent.act_dim
     rng = np.random.default_rng(1)
@@ -103,7 +96,7 @@ def test_observe_matches_step_mode_with_resets(parallel):
 
 
 def test_ssm_parameter_group():
-    cfg, env, agent = _debug_agent()
+    cfg, env, agent = debug_agent()
     import equinox as eqx
     labels = param_labels(eqx.filter(agent.state.wm, eqx.is_array))
     paths = jax.tree_util.tree_flatten_with_path(labels)[0]
@@ -113,18 +106,9 @@ def test_ssm_parameter_group():
 
 
 def test_train_step_updates_everything_and_is_finite():
-    cfg, env, agent = _debug_agent()
-    rng = np.random.default_rng(0)
-    B, T, A = cfg.batch_size, cfg.batch_length, agent.act_dim
+    cfg, env, agent = debug_agent()
+    batch = random_batch(cfg, env, agent.act_dim, resets=False)
     obs = env.reset()
-    batch = {
-        "vector": rng.integers(0, 2, (B, T) + obs["vector"].shape).astype(np.float32),
-        "reward": rng.normal(size=(B, T)).astype(np.float32),
-        "is_first": np.zeros((B, T), bool), "is_last": np.zeros((B, T), bool),
-        "is_terminal": rng.random((B, T)) < 0.1,
-        "action": np.eye(A, dtype=np.float32)[rng.integers(0, A, (B, T))],
-    }
-    batch["is_first"][:, 0] = True
     before = jax.tree.map(np.asarray, agent.state)
     for i in range(3):
         metrics = jax.device_get(agent.train(batch, jax.random.PRNGKey(i)))
@@ -137,7 +121,7 @@ def test_train_step_updates_everything_and_is_finite():
     # the policy runs on the updated parameters and returns valid one-hot actions
     obs_b = {k: np.stack([v, v]) for k, v in obs.items()}
     action, state = agent.policy(obs_b, None, jax.random.PRNGKey(0))
-    assert action.shape == (2, A) and np.allclose(action.sum(-1), 1)
+    assert action.shape == (2, agent.act_dim) and np.allclose(action.sum(-1), 1)
 
 
 def test_optimize_skips_nonfinite_and_scales_loss():
@@ -160,17 +144,8 @@ def test_optimize_skips_nonfinite_and_scales_loss():
 
 
 def test_float16_train_step_is_finite():
-    cfg, env, agent = _debug_agent("--jax.precision", "float16")
-    rng = np.random.default_rng(0)
-    B, T, A = cfg.batch_size, cfg.batch_length, agent.act_dim
-    batch = {
-        "vector": rng.integers(0, 2, (B, T) + env.obs_space["vector"][0]).astype(np.float32),
-        "reward": rng.normal(size=(B, T)).astype(np.float32),
-        "is_first": np.zeros((B, T), bool), "is_last": np.zeros((B, T), bool),
-        "is_terminal": np.zeros((B, T), bool),
-        "action": np.eye(A, dtype=np.float32)[rng.integers(0, A, (B, T))],
-    }
-    batch["is_first"][:, 0] = True
+    cfg, env, agent = debug_agent("--jax.precision", "float16")
+    batch = random_batch(cfg, env, agent.act_dim, terminal_rate=0.0)
     metrics = jax.device_get(agent.train(batch, jax.random.PRNGKey(0)))
     assert np.isfinite(metrics["model_loss"]) and metrics["model_opt_loss_scale"] > 0
     assert agent.state.wm.rssm.stack.blocks[0].ssm.B.dtype == jnp.float32  # params stay float32

@@ -9,6 +9,7 @@ from recall2imagine import config as configlib
 from recall2imagine.agent import Agent
 from recall2imagine.envs import make_env
 from recall2imagine.nets.gru import GRURSSM
+from helpers import debug_agent, random_batch
 
 jax.config.update("jax_platforms", "cpu")
 
@@ -17,29 +18,6 @@ GRU_INPUTS = ["--rssm.core", "gru", "--actor.inputs", "deter,stoch", "--critic.i
 
 def _cfg(*overrides):
     return configlib.parse(["--configs", "popgym", "debug", *overrides])
-
-
-def _agent(*overrides):
-    cfg = _cfg(*overrides)
-    env = make_env(cfg.task, seed=0)
-    return cfg, env, Agent(cfg, env.obs_space, env.act_space, jax.random.PRNGKey(0))
-
-
-def _batch(cfg, env, act_dim, seed=0, resets=True):
-    rng = np.random.default_rng(seed)
-    B, T = cfg.batch_size, cfg.batch_length
-    obs = env.reset()
-    batch = {
-        "vector": rng.integers(0, 2, (B, T) + obs["vector"].shape).astype(np.float32),
-        "reward": rng.normal(size=(B, T)).astype(np.float32),
-        "is_first": np.zeros((B, T), bool), "is_last": np.zeros((B, T), bool),
-        "is_terminal": rng.random((B, T)) < 0.1,
-        "action": np.eye(act_dim, dtype=np.float32)[rng.integers(0, act_dim, (B, T))],
-    }
-    batch["is_first"][:, 0] = True
-    if resets:
-        batch["is_first"][0, T // 3] = batch["is_first"][-1, T // 2] = True
-    return batch
 
 
 def test_gru_observe_matches_step_loop_with_resets():
@@ -91,9 +69,9 @@ def test_gru_observe_matches_step_loop_with_resets():
 @pytest.mark.parametrize("core", ["ssm", "gru"])
 def test_both_cores_train(core):
     extra = GRU_INPUTS if core == "gru" else []
-    cfg, env, agent = _agent(*extra)
+    cfg, env, agent = debug_agent(*extra)
     assert type(agent.state.wm.rssm).__name__ == {"ssm": "RSSM", "gru": "GRURSSM"}[core]
-    batch = _batch(cfg, env, agent.act_dim)
+    batch = random_batch(cfg, env, agent.act_dim)
     before = jax.tree.map(np.asarray, agent.state.wm)
     for i in range(2):
         metrics = jax.device_get(agent.train(batch, jax.random.PRNGKey(i)))
@@ -119,9 +97,9 @@ def test_wm_loss_parallel_equals_sequential():
     """Agent._wm_loss with the associative scan and with lax.scan: same loss and gradients."""
     results = []
     for parallel in ("True", "False"):
-        cfg, env, agent = _agent("--ssm.parallel", parallel)
+        cfg, env, agent = debug_agent("--ssm.parallel", parallel)
         assert agent.state.wm.rssm.parallel == (parallel == "True")
-        batch = {k: jnp.asarray(v) for k, v in _batch(cfg, env, agent.act_dim, seed=2).items()}
+        batch = {k: jnp.asarray(v) for k, v in random_batch(cfg, env, agent.act_dim, seed=2).items()}
         params, static = eqx.partition(agent.state.wm, eqx.is_array)
 
         @eqx.filter_jit
