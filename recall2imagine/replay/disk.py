@@ -153,6 +153,8 @@ class DiskReplay(WindowSampler):
     """Same interface as MemoryReplay (add, sample, len, stored, num_windows,
     state_dict, load_state_dict, save, load, info), backed by sparse files."""
 
+    KIND = 'disk'
+
     def __init__(self, directory, capacity: int, num_workers: int, seed: int = 0, check_space: bool = True):
         capacity, num_workers = int(capacity), int(num_workers)
         if num_workers < 1:
@@ -439,13 +441,5 @@ class DiskReplay(WindowSampler):
         return True
 
     def info(self) -> dict:
-        return dict(
-            kind='disk',
-            size=len(self),
-            capacity=self.capacity,
-            num_workers=self.num_workers,
-            directory=str(self.directory),
-            ring_id=self.ring_id,
-            counts=[int(c) for c in self.counts],
-            bytes_per_step=self.bytes_per_step() if self.schema else None,
-        )
+        return dict(super().info(), directory=str(self.directory), ring_id=self.ring_id,
+                    bytes_per_step=self.bytes_per_step() if self.schema else None)

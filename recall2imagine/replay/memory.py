@@ -66,6 +66,11 @@ class WindowSampler:
     def num_windows(self, length: int) -> int:
         return int(np.maximum(self.stored() - length + 1, 0).sum())
 
+    def info(self) -> dict:
+        """Small JSON-able summary for checkpoint metadata."""
+        return dict(kind=self.KIND, size=len(self), capacity=self.capacity, num_workers=self.num_workers,
+                    counts=[int(c) for c in self.counts])
+
     def _draw(self, batch_size: int, length: int):
         """(worker [B], start [B]): start is the ever-written index of each window's first step."""
         if length > self.per_worker:
@@ -177,6 +182,7 @@ class MemoryReplay(WindowSampler):
 
     # Saving to / loading from a directory (the interface DiskReplay shares).
 
+    KIND = 'memory'
     FILENAME = 'replay.npz'
 
     def save(self, directory) -> dict:
@@ -230,11 +236,3 @@ class MemoryReplay(WindowSampler):
         self.rng.bit_generator.state = header['rng']
         return True
 
-    def info(self) -> dict:
-        return dict(
-            kind='memory',
-            size=len(self),
-            capacity=self.capacity,
-            num_workers=self.num_workers,
-            counts=[int(c) for c in self.counts],
-        )
