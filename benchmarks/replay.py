@@ -1,7 +1,11 @@
-"""Replay throughput: memory vs disk, Memory Maze-sized steps (64x64x3 uint8 image).
+"""Replay throughput: memory vs disk vs lfs, Memory Maze-sized steps (64x64x3 uint8 image).
 
   .venv/bin/python benchmarks/replay.py                 # 1e5 steps
-  .venv/bin/python benchmarks/replay.py --steps 1e6 --dir /big/disk
+  .venv/bin/python benchmarks/replay.py --steps 1e6 --dir /big/disk --kinds disk,lfs
+
+lfs is the two-tier replay (a disk local tier plus durable chunk files of --length steps,
+written and fsynced by a background thread); its insert time includes the final flush,
+and it also reports the restart: rebuilding the local tier from the chunks alone.
 
 Reports insert steps/s, sample sequences/s (and steps/s), disk bytes per step, resident
 memory, and the RSS of a sparse 1e7-step disk replay. Disk reads are mostly served from
@@ -19,7 +23,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from recall2imagine.replay import DiskReplay, MemoryReplay  # noqa: E402
+from recall2imagine.replay import DiskReplay, LfsReplay, MemoryReplay  # noqa: E402
 
 
 def rss_mib() -> float:
@@ -58,6 +62,8 @@ def bench(name, replay, steps, workers, batch, length, samples):
     t = time.perf_counter()
     for i in range(steps // workers):
         replay.add(data[i % len(data)], ids)
+    if hasattr(replay, 'flush'):  # lfs: everything durable
+        replay.flush()
     insert = time.perf_counter() - t
     n = steps // workers * workers
     replay.sample(batch, length)  # warm-up
@@ -85,7 +91,10 @@ def main():
         '--sparse_steps', type=float, default=1e7, help='capacity of the sparse replay whose RSS is reported'
     )
     parser.add_argument('--skip_memory', action='store_true')
+    parser.add_argument('--kinds', default='memory,disk,lfs', help='comma-separated subset of memory,disk,lfs')
+    parser.add_argument('--skip_sparse', action='store_true')
     args = parser.parse_args()
+    kinds = set(args.kinds.split(',')) - ({'memory'} if args.skip_memory else set())
     steps = int(args.steps)
     base = pathlib.Path(tempfile.mkdtemp(prefix='replay-bench-', dir=args.dir or None))
     try:
@@ -94,7 +103,7 @@ def main():
             f'step_no/id; dir {base}',
             flush=True,
         )
-        if not args.skip_memory:
+        if 'memory' in kinds:
             bench(
                 'memory',
                 MemoryReplay(steps, args.workers),
@@ -104,20 +113,47 @@ def main():
                 args.length,
                 args.samples,
             )
-        disk = DiskReplay(base / 'disk', steps, args.workers)
-        bench('disk', disk, steps, args.workers, args.batch, args.length, args.samples)
-        t = time.perf_counter()
-        disk.save()
-        save = time.perf_counter() - t
-        allocated = sum(p.stat().st_blocks * 512 for p in (base / 'disk').iterdir())
-        print(
-            f'  disk: {disk.bytes_per_step():,} bytes/step in the layout, {allocated / steps:,.0f} '
-            f'bytes/step allocated ({allocated / 2**30:.2f} GiB for {steps:,}); save() '
-            f'{save * 1e3:.0f} ms',
-            flush=True,
-        )
-        disk.close()
-        shutil.rmtree(base / 'disk')
+        if 'disk' in kinds:
+            disk = DiskReplay(base / 'disk', steps, args.workers)
+            bench('disk', disk, steps, args.workers, args.batch, args.length, args.samples)
+            t = time.perf_counter()
+            disk.save()
+            save = time.perf_counter() - t
+            allocated = sum(p.stat().st_blocks * 512 for p in (base / 'disk').iterdir())
+            print(
+                f'  disk: {disk.bytes_per_step():,} bytes/step in the layout, {allocated / steps:,.0f} '
+                f'bytes/step allocated ({allocated / 2**30:.2f} GiB for {steps:,}); save() '
+                f'{save * 1e3:.0f} ms',
+                flush=True,
+            )
+            disk.close()
+            shutil.rmtree(base / 'disk')
+        if 'lfs' in kinds:
+            make = lambda local: LfsReplay(base / 'lfs', steps, args.workers, chunk=args.length,
+                                           local='disk', local_dir=base / local, verbose=False)
+            lfs = make('lfs-local')
+            bench('lfs', lfs, steps, args.workers, args.batch, args.length, args.samples)
+            lfs.close()
+            local = sum(p.stat().st_blocks * 512 for p in (base / 'lfs-local').iterdir())
+            durable = sum(p.stat().st_blocks * 512 for p in (base / 'lfs').iterdir())
+            print(
+                f'  lfs: {lfs.bytes_per_step():,} bytes/step of data; allocated {local / steps:,.0f} bytes/step '
+                f'local + {durable / steps:,.0f} bytes/step durable ({(local + durable) / 2**30:.2f} GiB '
+                f'for {steps:,}, {len(list((base / "lfs").glob("*.chunk")))} chunk files)',
+                flush=True,
+            )
+            shutil.rmtree(base / 'lfs-local')
+            t = time.perf_counter()
+            again = make('lfs-new')  # a restart on a machine with an empty local tier
+            n = len(again)
+            rebuild = time.perf_counter() - t
+            print(f'  lfs restart with an empty local tier: rebuilt {n:,} steps in {rebuild:.1f} s '
+                  f'({n / rebuild:,.0f} steps/s)', flush=True)
+            again.close()
+            shutil.rmtree(base / 'lfs-new')
+            shutil.rmtree(base / 'lfs')
+        if args.skip_sparse:
+            return
 
         # RSS of a big sparse replay: created, a few thousand steps in, sampled.
         n = int(args.sparse_steps)

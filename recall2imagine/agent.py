@@ -15,7 +15,7 @@ import optax
 
 from recall2imagine.nets import dists
 from recall2imagine.nets.gru import GRURSSM
-from recall2imagine.nets.heads import VectorDecoder, VectorEncoder, select_keys
+from recall2imagine.nets.heads import Decoder, Encoder
 from recall2imagine.nets.layers import MLP, feature_size, features
 from recall2imagine.nets.rssm import RSSM
 
@@ -25,26 +25,21 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 
 
 class WorldModel(eqx.Module):
-    encoder: VectorEncoder
+    encoder: Encoder
     rssm: RSSM | GRURSSM
-    decoder: VectorDecoder
+    decoder: Decoder
     reward: MLP
     cont: MLP
 
     def __init__(self, cfg, obs_space, act_dim, parallel, *, key):
         ks = jax.random.split(key, 5)
-        e, d = cfg.encoder, cfg.decoder
-        keys = select_keys(obs_space, e.mlp_keys, e.cnn_keys)
-        dec_keys = select_keys(obs_space, d.mlp_keys, d.cnn_keys)
-        dim = lambda ks_: sum(int(np.prod(obs_space[k][0])) for k in ks_)
-        self.encoder = VectorEncoder(keys, dim(keys), e.mlp_layers, e.mlp_units, e.symlog_inputs, key=ks[0])
+        self.encoder = Encoder(cfg, obs_space, key=ks[0])
         cores = {"ssm": RSSM, "gru": GRURSSM}
         if cfg.rssm.core not in cores:
             raise ValueError(f"rssm.core must be ssm or gru, got {cfg.rssm.core!r}")
-        self.rssm = cores[cfg.rssm.core](cfg, e.mlp_units, act_dim, parallel, key=ks[1])
+        self.rssm = cores[cfg.rssm.core](cfg, self.encoder.out_dim, act_dim, parallel, key=ks[1])
         fs = lambda inputs, name: feature_size(inputs, self.rssm.feature_sizes(), name)
-        self.decoder = VectorDecoder(dec_keys, fs(d.inputs, "decoder.inputs"), dim(dec_keys), d.mlp_layers,
-                                     d.mlp_units, key=ks[2])
+        self.decoder = Decoder(cfg, obs_space, fs(cfg.decoder.inputs, "decoder.inputs"), key=ks[2])
         r, c = cfg.reward_head, cfg.cont_head
         self.reward = MLP(fs(r.inputs, "reward_head.inputs"), r.layers, r.units, r.bins, key=ks[3],
                           outscale=r.outscale)
@@ -156,11 +151,66 @@ def kernel_mask(tree):
     return jax.tree_util.tree_map_with_path(lambda p, _: _leaf_name(p) in ("w", "weight"), tree)
 
 
+_copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))  # fresh buffers on the input's device
+
+
+def resolve_devices(cfg):
+    """(train devices, policy device) from `--jax.train_devices` / `--jax.policy_devices`.
+
+    Raises ConfigError (one line, says what to set) for an id that does not exist, a repeated train
+    device, more than one policy device, or a batch size the train devices do not divide.
+    """
+    from recall2imagine.config import ConfigError
+    devices = jax.devices()
+    available = f"available on {jax.default_backend()}: " + ", ".join(
+        f"{i} ({d.device_kind})" for i, d in enumerate(devices))
+    for name in ("train_devices", "policy_devices"):
+        ids = list(cfg.jax[name])
+        bad = [i for i in ids if not 0 <= i < len(devices)]
+        if not ids or bad:
+            raise ConfigError(f"--jax.{name} {' '.join(map(str, ids)) or '(empty)'}: no such device; {available}")
+    train_ids, policy_ids = list(cfg.jax.train_devices), list(cfg.jax.policy_devices)
+    if len(set(train_ids)) != len(train_ids):
+        raise ConfigError(f"--jax.train_devices {' '.join(map(str, train_ids))}: a device is listed twice")
+    if len(policy_ids) != 1:
+        raise ConfigError(f"--jax.policy_devices {' '.join(map(str, policy_ids))}: the policy runs on one "
+                          f"device; give one id, e.g. --jax.policy_devices {policy_ids[0]}")
+    n, B = len(train_ids), cfg.batch_size
+    if B % n:
+        raise ConfigError(
+            f"--batch_size {B} is not divisible by the {n} train devices (--jax.train_devices "
+            f"{' '.join(map(str, train_ids))}): the batch is split along B; set --batch_size to a multiple "
+            f"of {n} (e.g. {-(-B // n) * n})")
+    if cfg.jax.sync_every < 1:
+        raise ConfigError(f"--jax.sync_every must be at least 1, got {cfg.jax.sync_every}")
+    return [devices[i] for i in train_ids], devices[policy_ids[0]]
+
+
 class Agent:
-    """Holds the static structure (config, optimisers, jitted functions); state is a pytree."""
+    """Holds the static structure (config, optimisers, jitted functions); state is a pytree.
+
+    Devices: training is data-parallel over `jax.train_devices` (a 1-D mesh; the batch [B, T, ...]
+    is split along B, the state is replicated and GSPMD all-reduces the gradients). The policy runs
+    on `jax.policy_devices[0]`: with one train device that is also the policy device it uses the
+    live parameters, else its own copy of the world model and actor, refreshed every
+    `jax.sync_every` updates.
+    """
 
     def __init__(self, cfg, obs_space, act_space, key):
         self.cfg = cfg
+        self.train_devices, self.policy_device = resolve_devices(cfg)
+        if len(self.train_devices) == 1:
+            self._mesh = None
+            self._state_sharding = self._batch_sharding = jax.sharding.SingleDeviceSharding(
+                self.train_devices[0])
+        else:
+            self._mesh = jax.sharding.Mesh(np.array(self.train_devices), ("batch",))
+            self._state_sharding = jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec())
+            self._batch_sharding = jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec("batch"))
+        # one train device that is also the policy device: the policy reads the live parameters
+        self._shared = self.train_devices == [self.policy_device]
+        self._policy_params = None  # (wm, actor) on the policy device, when not shared
+        self._since_sync = 0
         self.discrete = act_space.discrete
         self.act_dim = act_space.n
         self.dtype = DTYPES[cfg.jax.precision]
@@ -187,7 +237,7 @@ class Agent:
             self.labels)
         self.actor_opt = _adam(ao.lr, ao.eps, ao.clip, ao.wd, kernel_mask)
         self.critic_opt = _adam(co.lr, co.eps, co.clip, co.wd, kernel_mask)
-        self.state = AgentState(
+        self.state = AgentState(  # the `state` setter places it on the train devices
             wm=wm, actor=actor, critic=critic, slow_critic=jax.tree.map(jnp.copy, critic),
             wm_opt=self.wm_opt.init(wm_params),
             actor_opt=self.actor_opt.init(eqx.filter(actor, eqx.is_array)),
@@ -200,16 +250,47 @@ class Agent:
 
     # ------------------------------------------------------------ acting
 
+    @property
+    def state(self) -> AgentState:
+        return self._state
+
+    @state.setter
+    def state(self, state):
+        """Places `state` on the train devices (replicated; a restored checkpoint arrives on the
+        default device) and refreshes the policy's copy. Saving needs nothing: every leaf is whole
+        on each train device, so `np.asarray` reads it."""
+        arrays, static = eqx.partition(state, eqx.is_array)
+        self._state = eqx.combine(jax.device_put(arrays, self._state_sharding), static)
+        self._sync_policy()
+
+    def _sync_policy(self):
+        """Copies the world model and actor to the policy device (a no-op when shared)."""
+        self._since_sync = 0
+        if self._shared:
+            return
+        arrays, static = eqx.partition((self._state.wm, self._state.actor), eqx.is_array)
+        arrays = jax.device_put(arrays, self.policy_device)
+        if self.policy_device in self.train_devices:
+            # device_put hands back the train state's own buffers there (even with may_alias=False,
+            # jax 0.10), which the next update donates: copy them
+            arrays = _copy_tree(arrays)
+        self._policy_params = eqx.combine(arrays, static)
+
+    def _acting_params(self):
+        return (self._state.wm, self._state.actor) if self._shared else self._policy_params
+
     def init_policy_state(self, n):
-        latent = self.state.wm.rssm.initial((n,), self.dtype)
-        return latent, jnp.zeros((n, self.act_dim), jnp.float32)
+        wm, _ = self._acting_params()
+        latent = wm.rssm.initial((n,), self.dtype)
+        return jax.device_put((latent, jnp.zeros((n, self.act_dim), jnp.float32)), self.policy_device)
 
     def policy(self, obs, state, key, mode="train"):
-        """obs: dict of [N, ...] numpy arrays -> (action [N, A] numpy, new state)."""
+        """obs: dict of [N, ...] numpy arrays -> (action [N, A] numpy, new state on the policy device)."""
         if state is None:
             state = self.init_policy_state(len(obs["is_first"]))
         obs = {k: v for k, v in obs.items() if not k.startswith("log_")}
-        action, state = self._policy(self.state.wm, self.state.actor, obs, state, key, mode == "eval")
+        wm, actor = self._acting_params()
+        action, state = self._policy(wm, actor, obs, state, key, mode == "eval")
         return np.asarray(action), state
 
     def _policy_impl(self, wm, actor, obs, state, key, greedy):
@@ -243,12 +324,62 @@ class Agent:
         mean, std = d
         return dists.normal_logprob(mean, std, action), dists.normal_entropy(std)
 
+    # ------------------------------------------------------------ open-loop prediction
+
+    def openloop(self, batch, key, context):
+        """World-model predictions of a replay batch [B, T]: steps < `context` are reconstructions
+        from the posterior; later steps are imagined open loop from the last context state with the
+        recorded actions and never see an observation. Returns {key: (truth, model)} of decoded
+        keys as numpy [B, T, ...] and {'reward': (truth, model)}."""
+        T = batch["is_first"].shape[1]
+        if not 0 < context < T:
+            raise ValueError(f"open-loop context must be in [1, {T - 1}] for sequences of {T}, got {context}")
+        batch = {k: v for k, v in batch.items() if not k.startswith("log_")}
+        pred = jax.device_get(self._openloop(self.state.wm, batch, key, context))
+        out = {k: (np.asarray(batch[k]), np.asarray(v)) for k, v in pred.items()}
+        return out
+
+    @eqx.filter_jit
+    def _openloop(self, wm, batch, key, context):
+        cfg, dtype = self.cfg, self.dtype
+        k1, k2 = jax.random.split(key)
+        obs = jax.tree.map(lambda x: jnp.asarray(x)[:, :context], batch)
+        action = jnp.asarray(batch["action"], jnp.float32)  # [B, T, A], chosen after obs t
+        B = action.shape[0]
+        prev_action = jnp.concatenate([jnp.zeros_like(action[:, :1]), action[:, :context - 1]], 1)
+        post, _ = wm.rssm.observe(wm.encoder(obs, dtype), prev_action, jnp.asarray(obs["is_first"]),
+                                  wm.rssm.initial((B,), dtype), k1)
+        last = jax.tree.map(lambda x: x[:, -1], post)
+
+        def step(latent, inp):
+            act, k = inp
+            latent = wm.rssm.img_step(latent, act, k)
+            return latent, latent
+
+        acts = jnp.swapaxes(action[:, context - 1:-1], 0, 1)  # [T - context, B, A]
+        keys = jax.random.split(k2, acts.shape[0])
+        _, imag = jax.lax.scan(step, last, (acts, keys))
+        imag = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), imag)  # [B, T - context, ...]
+        seq = {k: jnp.concatenate([post[k], imag[k].astype(post[k].dtype)], 1) for k in ("stoch", "deter", "hidden")
+               if k in post}
+        pred = wm.decoder.predict(features(seq, cfg.decoder.inputs, dtype))
+        pred["reward"] = dists.twohot_mean(wm.reward(features(seq, cfg.reward_head.inputs, dtype)), self.reward_bins)
+        return pred
+
     # ------------------------------------------------------------ training
 
     def train(self, batch, key):
         """One update on a replay batch (dict of [B, T, ...] numpy arrays). Returns metrics (device)."""
         batch = {k: v for k, v in batch.items() if not k.startswith("log_")}
-        self.state, metrics = self._train(key, self.state, batch)
+        B, n = len(batch["is_first"]), len(self.train_devices)
+        if B % n:
+            raise ValueError(f"batch size {B} is not divisible by the {n} train devices; "
+                             f"sample a multiple of {n} (--batch_size)")
+        batch = jax.device_put(batch, self._batch_sharding)  # split along B over the train devices
+        self._state, metrics = self._train(key, self._state, batch)
+        self._since_sync += 1
+        if not self._shared and self._since_sync >= self.cfg.jax.sync_every:
+            self._sync_policy()
         return metrics
 
     def _train_impl(self, key, state, batch):  # key first: state and batch are donated
@@ -275,7 +406,11 @@ class Agent:
         state = state._replace(wm=wm, wm_opt=wm_opt)
         state, ac_metrics = self._actor_critic(state, start, start_cont, k_imag)
         metrics.update(ac_metrics)
-        return state._replace(updates=state.updates + 1), metrics
+        out = state._replace(updates=state.updates + 1), metrics
+        if self._mesh is not None:  # keep the new state and the metrics whole on every train device
+            arrays, static = eqx.partition(out, eqx.is_array)
+            out = eqx.combine(jax.lax.with_sharding_constraint(arrays, self._state_sharding), static)
+        return out
 
     def _grad_norms(self, name, grads):
         out = {f"{name}_grad_norm": global_norm(grads)}
@@ -295,7 +430,7 @@ class Agent:
         post, prior = wm.rssm.observe(embed, prev_action, is_first, wm.rssm.initial((B,), dtype), key)
         feat = lambda inputs: features(post, inputs, dtype)
         losses = {}
-        losses["vector"] = wm.decoder.loss(feat(cfg.decoder.inputs), batch)
+        losses.update(wm.decoder.loss(feat(cfg.decoder.inputs), batch))  # vector and/or image
         reward_logits = wm.reward(feat(cfg.reward_head.inputs))
         losses["reward"] = -dists.twohot_logprob(reward_logits, jnp.asarray(batch["reward"], jnp.float32),
                                                  self.reward_bins)
@@ -307,7 +442,7 @@ class Agent:
         losses["dyn"] = jnp.maximum(kl_dyn, cfg.free_bits)
         losses["rep"] = jnp.maximum(kl_rep, cfg.free_bits)
         s = cfg.loss_scales
-        scales = dict(vector=s.vector, reward=s.reward, cont=s.cont, dyn=s.dyn, rep=s.rep)
+        scales = dict(vector=s.vector, image=s.image, reward=s.reward, cont=s.cont, dyn=s.dyn, rep=s.rep)
         total = sum(scales[k] * v for k, v in losses.items()).mean()
         metrics = {f"{k}_loss": v.mean() for k, v in losses.items()}
         metrics.update(

@@ -61,12 +61,23 @@ class Driver:
         return act
 
     def _step(self, policy, on_step, on_episode):
-        obs_list = []
+        # Envs with reset_async/step_async + result (ProcessEnv) first all get their command, then
+        # their results are collected, so worker processes step concurrently.
+        obs_list = [None] * len(self.envs)
         for i, env in enumerate(self.envs):
+            is_async = hasattr(env, 'result')
             if self._needs_reset[i]:
-                obs_list.append(env.reset())
+                if is_async:
+                    env.reset_async()
+                else:
+                    obs_list[i] = env.reset()
+            elif is_async:
+                env.step_async(self._env_action(i))
             else:
-                obs_list.append(env.step(self._env_action(i)))
+                obs_list[i] = env.step(self._env_action(i))
+        for i, env in enumerate(self.envs):
+            if obs_list[i] is None:
+                obs_list[i] = env.result()
         obs = {k: np.stack([np.asarray(o[k]) for o in obs_list]) for k in obs_list[0]}
         obs['reward'] = obs['reward'].astype(np.float32)
         for key in ('is_first', 'is_last', 'is_terminal'):

@@ -8,6 +8,7 @@ purpose; other modules use absolute imports.)
 from __future__ import annotations
 
 import collections
+import io
 import json
 import math
 import netrc
@@ -186,6 +187,36 @@ class Logger:
             else:
                 print(line, file=sys.stdout, flush=True)
         return metrics
+
+    def video(self, name: str, gif: bytes, path: str, step: int) -> None:
+        """An animated GIF (already written to `path`) to TensorBoard (image plugin) and W&B."""
+        self._media(name, gif, path, step, 'Video')
+
+    def image(self, name: str, png: bytes, path: str, step: int) -> None:
+        """A PNG (already written to `path`) to TensorBoard and W&B."""
+        self._media(name, png, path, step, 'Image')
+
+    def _media(self, name, data, path, step, kind):
+        if self._tb is not None:
+            try:
+                from PIL import Image
+                from tensorboardX.proto.summary_pb2 import Summary
+
+                width, height = Image.open(io.BytesIO(data)).size
+                image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=data)
+                self._tb._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=name, image=image)]),
+                                                        int(step))
+                self._tb.flush()
+            except Exception as e:  # noqa: BLE001
+                _warn(f'TensorBoard {kind.lower()} {name} not written ({_one_line(e)})')
+        if self._wandb is not None:
+            try:
+                import wandb
+
+                media = wandb.Video(path, format='gif') if kind == 'Video' else wandb.Image(path)
+                self._wandb.log({name: media}, step=int(step))
+            except Exception as e:  # noqa: BLE001
+                _warn(f'W&B {kind.lower()} {name} not written ({_one_line(e)})')
 
     @staticmethod
     def _console_line(step, metrics) -> str:

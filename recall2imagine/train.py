@@ -43,19 +43,8 @@ def setup_jax(cfg):
     if cfg.jax.precision not in ("float32", "bfloat16", "float16"):
         raise configlib.ConfigError(
             f"--jax.precision must be float32, bfloat16 or float16, got {cfg.jax.precision!r}")
-    devices = jax.devices()
-    for name in ("train_devices", "policy_devices"):
-        ids = list(cfg.jax[name])
-        bad = [i for i in ids if not 0 <= i < len(devices)]
-        if not ids or bad:
-            raise configlib.ConfigError(
-                f"--jax.{name} {' '.join(map(str, ids)) or '(empty)'}: no such device; available on {backend}: "
-                + ", ".join(f"{i} ({d.device_kind})" for i, d in enumerate(devices)))
-    if list(cfg.jax.train_devices) != [0] or list(cfg.jax.policy_devices) != [0]:
-        # multi-device data-parallel training is not built yet: say so instead of ignoring the flag
-        raise configlib.ConfigError(
-            "--jax.train_devices / --jax.policy_devices other than 0 are not supported in this build yet; "
-            "use the defaults (--jax.train_devices 0 --jax.policy_devices 0)")
+    from recall2imagine.agent import resolve_devices
+    resolve_devices(cfg)  # device ids exist, one policy device, batch_size divisible: fail before the envs start
     return backend
 
 
@@ -79,9 +68,14 @@ def run(cfg):
     from recall2imagine.envs import make_env, parse_task
     from recall2imagine.logging import Logger, Progress, check_outputs
     from recall2imagine.replay import make_replay
+    from recall2imagine.report import openloop_report
 
     # jsonl always; W&B also when a run name is given
     outputs = check_outputs(dict.fromkeys(("jsonl", *cfg.run.loggers, *(("wandb",) if cfg.wdb_name else ()))))
+    if cfg.envs.parallel not in ("none", "process"):
+        raise configlib.ConfigError(f"--envs.parallel must be none or process, got {cfg.envs.parallel!r}")
+    if cfg.envs.parallel == "process":  # each env in its own worker process, stepped concurrently
+        from recall2imagine.envs.parallel import ProcessEnv as make_env  # noqa: F811 (same signature)
     backend = setup_jax(cfg)
     logdir = pathlib.Path(cfg.logdir or configlib.default_logdir(cfg)).expanduser()
     logdir.mkdir(parents=True, exist_ok=True)
@@ -95,7 +89,8 @@ def run(cfg):
             for i in range(cfg.envs.amount)]
     obs_space, act_space = envs[0].obs_space, envs[0].act_space
     replay = make_replay(cfg.replay, cfg.replay_size, len(envs), seed=cfg.seed,
-                         directory=cfg.replay_dir or logdir / "replay")
+                         directory=cfg.replay_dir or logdir / "replay",
+                         use_lfs=cfg.use_lfs, lfs_dir=cfg.lfs_dir, chunk=cfg.batch_length)
     agent = Agent(cfg, obs_space, act_space, jax.random.PRNGKey(cfg.seed))
     driver = Driver(envs)
     progress = Progress(cfg.run.steps, sys.stdout)  # live status line on a terminal, silent otherwise
@@ -111,7 +106,7 @@ def run(cfg):
     restored = ckpt.load_latest({"agent": agent.state, "key": key}, extra=replay.load)
     if restored:
         step, tree, meta = restored
-        agent.state, key = tree["agent"], tree["key"]
+        agent.state, key = tree["agent"], tree["key"]  # the setter places the state on the train devices
         counters.update(meta["counters"])
         rng.bit_generator.state = meta["np_rng"]
         print(f"resumed from {ckpt.loaded} at step {counters['step']} ({len(replay)} replay steps)", flush=True)
@@ -201,7 +196,20 @@ def run(cfg):
         logger.add({"eval/score": float(np.mean(returns)), "eval/length": float(np.mean(lengths))})
         counters["next_eval"] = counters["step"] + cfg.run.eval_every
 
+    def report():
+        """Open-loop predictions of a replay batch: GIFs (images) / PNG plots (vectors) in <logdir>/videos."""
+        nonlocal key
+        key, sub = jax.random.split(key)
+        try:
+            context = min(cfg.run.report_context, cfg.batch_length - 1)
+            openloop_report(agent, replay.sample(cfg.batch_size, cfg.batch_length), sub, context,
+                            logdir / "videos", counters["step"], logger)
+        except (OSError, ValueError) as e:  # a report must never stop training
+            print(f"warning: open-loop report skipped ({e})", file=sys.stderr, flush=True)
+        counters["next_report"] = counters["step"] + cfg.run.report_every
+
     eval_env = make_env(cfg.task, seed=cfg.seed * 1000 + 999) if cfg.run.eval_eps > 0 else None
+    counters.setdefault("next_report", cfg.run.report_every)
     counters.setdefault("next_eval", cfg.run.eval_every)
     start = time.time()
     interrupted = False
@@ -215,6 +223,10 @@ def run(cfg):
                    on_step=train_on_step, on_episode=on_episode)
             if eval_env is not None and counters["step"] >= counters["next_eval"]:
                 evaluate()
+            if cfg.run.report_every and counters["step"] >= counters["next_report"]:
+                report()
+        if cfg.run.report_every and counters["updates"]:  # the final model's predictions
+            report()
     except KeyboardInterrupt:
         interrupted = True
         progress.close()
@@ -223,6 +235,8 @@ def run(cfg):
         progress.close()
         write_logs()
         save_checkpoint()
+        if hasattr(replay, "close"):  # lfs: flush the durable tier, stop its writer thread
+            replay.close()
         logger.close()
         for env in envs + ([eval_env] if eval_env is not None else []):
             env.close()

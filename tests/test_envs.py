@@ -214,11 +214,6 @@ def test_unknown_task_messages(task, needle):
         assert 'python -m recall2imagine.envs --list' in msg
 
 
-def test_memory_maze_not_implemented():
-    with pytest.raises(NotImplementedError, match='Memory Maze'):
-        make_env('gym_memory_maze:MemoryMaze-9x9-v0', 0)
-
-
 def test_list_cli(capsys):
     from recall2imagine.envs.__main__ import main
 

@@ -4,7 +4,7 @@ Task strings:
   gym_popgym:<popgym id>             e.g. gym_popgym:popgym-RepeatPreviousEasy-v0
   bsuite:<experiment>/<setting>      e.g. bsuite:memory_len/0
   dm_bsuite_<experiment>/<setting>   upstream alias of the above
-  gym_memory_maze:<id>               not implemented yet
+  gym_memory_maze:<id>               e.g. gym_memory_maze:MemoryMaze-9x9-v0
 
 List the tasks with ``python -m recall2imagine.envs --list [suite]``.
 """
@@ -35,7 +35,7 @@ _ALIASES = {
 _FORMS = (
     'gym_popgym:<popgym id>, bsuite:<experiment>/<setting> '
     '(alias dm_bsuite_<experiment>/<setting>), '
-    'gym_memory_maze:<id> (not implemented yet)'
+    'gym_memory_maze:<memory-maze id>'
 )
 
 
@@ -64,25 +64,30 @@ def _ids(suite: str) -> list[str]:
         from recall2imagine.envs.bsuite import bsuite_ids
 
         return bsuite_ids()
-    raise _memory_maze_error()
+    from recall2imagine.envs.memory_maze import memory_maze_ids
+
+    return memory_maze_ids()
 
 
-def _memory_maze_error() -> NotImplementedError:
-    return NotImplementedError(
-        'Memory Maze support (gym_memory_maze:...) is not installed/implemented yet in recall2imagine.envs'
-    )
+def _memory_maze_available() -> bool:
+    from recall2imagine.envs.memory_maze import available
+
+    return available()
 
 
 def list_tasks(suite: str | None = None) -> list[str]:
     """Full task strings (usable with make_env) of one suite, or of all."""
     if suite is None:
-        return list_tasks('popgym') + list_tasks('bsuite')
+        tasks = list_tasks('popgym') + list_tasks('bsuite')
+        if _memory_maze_available():
+            tasks += list_tasks('memory_maze')
+        return tasks
     suite = _canonical_suite(suite)
     return [SUITES[suite] + i for i in _ids(suite)]
 
 
 def _unknown_id(suite: str, name: str, ids: list[str]) -> ValueError:
-    label = {'popgym': 'POPGym', 'bsuite': 'bsuite'}[suite]
+    label = {'popgym': 'POPGym', 'bsuite': 'bsuite', 'memory_maze': 'Memory Maze'}[suite]
     close = difflib.get_close_matches(name, ids, n=3, cutoff=0.5)
     if suite == 'bsuite' and '/' in name:
         exp = name.split('/')[0]
@@ -105,12 +110,12 @@ def make_env(task: str, seed: int = 0, **kwargs) -> Env:
     """Builds one environment from a task string.
 
     kwargs: ``bsuite_logdir`` (bsuite only): record bsuite's scoring CSV there.
+      Memory Maze: ``speedup`` (numpy contact check, default on) and
+      ``time_limit`` (episode seconds, for tests).
     """
     suite, name = parse_task(task)
     # None means "not set", so callers can pass suite-specific options blindly.
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    if suite == 'memory_maze':
-        raise _memory_maze_error()
     ids = _ids(suite)
     if name not in ids:
         raise _unknown_id(suite, name, ids)
@@ -120,6 +125,14 @@ def make_env(task: str, seed: int = 0, **kwargs) -> Env:
         if kwargs:
             raise TypeError(f'unexpected kwargs for POPGym: {sorted(kwargs)}')
         return PopGym(name, seed=seed)
+    if suite == 'memory_maze':
+        from recall2imagine.envs.memory_maze import MemoryMaze
+
+        kwargs.pop('bsuite_logdir', None)  # train.py passes it to every suite (None there)
+        unknown = set(kwargs) - {'speedup', 'time_limit'}
+        if unknown:
+            raise TypeError(f'unexpected kwargs for Memory Maze: {sorted(unknown)}')
+        return MemoryMaze(name, seed=seed, **kwargs)
     from recall2imagine.envs.bsuite import BSuite
 
     unknown = set(kwargs) - {'bsuite_logdir', 'quiet'}

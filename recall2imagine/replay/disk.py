@@ -289,20 +289,7 @@ class DiskReplay(WindowSampler):
     def add(self, step: dict, workers) -> None:
         """Adds one step per worker: every ``step[key]`` has leading dim N."""
         workers, step = check_add(step, workers, self.num_workers)
-        if self.schema is None:
-            self._allocate(step)
-        if set(step) != set(self._files):
-            raise KeyError(f'step keys {sorted(step)} differ from the stored keys {sorted(self._files)}')
-        values = []
-        for spec in self.schema:
-            value = step[spec['key']]
-            if list(value.shape[1:]) != spec['shape']:
-                raise ReplayError(
-                    f'step key {spec["key"]!r} has shape {list(value.shape[1:])} but '
-                    f'the replay in {self.directory} stores {spec["shape"]}; use '
-                    'another --replay_dir for a different environment'
-                )
-            values.append(np.ascontiguousarray(value, np.dtype(spec['dtype'])))
+        values = self._values(step)
         pos = self.counts[workers] % self.per_worker
         zero = np.zeros(1, np.int64)
         # Invalidate the slots first, then write the data, then the stamps: a
@@ -318,6 +305,56 @@ class DiskReplay(WindowSampler):
             self._stamps.write(stamp, self._stamps.at(w, p))
         self.counts[workers] += 1
         self.oldest[workers] = np.maximum(self.oldest[workers], self.counts[workers] - self.per_worker)
+
+    def _values(self, step) -> list:
+        """Arrays of ``step`` ([N, ...] each) in schema order, checked against
+        the schema (allocating the files at the first call)."""
+        if self.schema is None:
+            self._allocate(step)
+        if set(step) != set(self._files):
+            raise KeyError(f'step keys {sorted(step)} differ from the stored keys {sorted(self._files)}')
+        values = []
+        for spec in self.schema:
+            value = step[spec['key']]
+            if list(value.shape[1:]) != spec['shape']:
+                raise ReplayError(
+                    f'step key {spec["key"]!r} has shape {list(value.shape[1:])} but '
+                    f'the replay in {self.directory} stores {spec["shape"]}; use '
+                    'another --replay_dir for a different environment'
+                )
+            values.append(np.ascontiguousarray(value, np.dtype(spec['dtype'])))
+        return values
+
+    def extend(self, worker: int, steps: dict) -> None:
+        """Appends ``n`` consecutive steps of one worker (every ``steps[key]``
+        has leading dim n) with one write per key and ring segment; the same
+        as n add() calls for that worker alone."""
+        worker = int(worker)
+        if not 0 <= worker < self.num_workers:
+            raise ValueError(f'worker id must lie in [0, {self.num_workers})')
+        steps = {k: np.asarray(v) for k, v in steps.items()}
+        n = len(next(iter(steps.values())))
+        values = self._values(steps)
+        skip = max(0, n - self.per_worker)  # rows that would be overwritten at once
+        first = int(self.counts[worker]) + skip  # ever-written index of the first row kept
+        segments = []  # (row0, row1, ring position of row0)
+        row = skip
+        while row < n:
+            p = (first + row - skip) % self.per_worker
+            end = min(n, row + self.per_worker - p)
+            segments.append((row, end, p))
+            row = end
+        for r0, r1, p in segments:  # invalidate, write the data, then the stamps (as add())
+            self._stamps.write(np.zeros(r1 - r0, np.int64), self._stamps.at(worker, p))
+        for spec, value in zip(self.schema, values):
+            f = self._files[spec['key']]
+            for r0, r1, p in segments:
+                f.write(value[r0:r1], f.at(worker, p))
+        for r0, r1, p in segments:
+            stamps = self.counts[worker] + 1 + np.arange(r0, r1, dtype=np.int64)
+            self._stamps.write(stamps, self._stamps.at(worker, p))
+        self.counts[worker] += n
+        self.oldest[worker] = max(self.oldest[worker], self.counts[worker] - self.per_worker)
 
     # Sampling.
 

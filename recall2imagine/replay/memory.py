@@ -139,6 +139,21 @@ class MemoryReplay(WindowSampler):
             self.data[key][workers, pos] = value
         self.counts[workers] += 1
 
+    def extend(self, worker: int, steps: dict) -> None:
+        """Appends ``n`` consecutive steps of one worker (every ``steps[key]``
+        has leading dim n); the same as n add() calls for that worker alone."""
+        steps = {k: np.asarray(v) for k, v in steps.items()}
+        n = len(next(iter(steps.values())))
+        if self.data is None:
+            self._allocate(steps)
+        if set(steps) != set(self.data):
+            raise KeyError(f'step keys {sorted(steps)} differ from the stored keys {sorted(self.data)}')
+        skip = max(0, n - self.per_worker)  # rows that would be overwritten at once
+        pos = (self.counts[worker] + np.arange(skip, n)) % self.per_worker
+        for key, value in steps.items():
+            self.data[key][worker, pos] = value[skip:]
+        self.counts[worker] += n
+
     # Sampling.
 
     def stored(self) -> np.ndarray:

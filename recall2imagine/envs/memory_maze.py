@@ -1,0 +1,277 @@
+"""Memory Maze adapter (memory-maze 1.0.x dm_env tasks; no gym).
+
+Task ids are the package's own gym ids (``MemoryMaze-9x9-v0``,
+``MemoryMaze-15x15-ExtraObs-v0``, ...). They are read from the registration
+calls in ``memory_maze/__init__.py`` (parsed, not executed: that module needs the
+old ``gym`` package), so each id maps to the dm_env task function and keyword
+arguments the package registers for it; the dm_env task is wrapped directly.
+
+Observations: ``image`` as uint8 (H, W, 3) (64x64, or 256x256 for -HD/-Top);
+every other key (``target_color`` and the -ExtraObs/-Oracle-ExtraObs keys such as
+``agent_pos``, ``targets_pos``, ``maze_layout``) as a flattened float32 vector.
+Actions: Discrete(6) (noop, forward, left, right, forward+left, forward+right).
+
+Episode ends: the package ends episodes only through the composer time limit
+(250/500/750/1000 s at 4 Hz), which dm_env reports as a LAST step with discount 1.
+We treat that as a truncation: ``is_last=True, is_terminal=False``;
+``is_terminal`` is True only when the last step has discount 0. (Upstream R2I's
+gym path counts the time-limit step as terminal, spec pitfall 12.11; here the
+value bootstrap past the time limit is kept.)
+
+Headless rendering: ``select_gl_backend`` picks ``MUJOCO_GL`` before MuJoCo is
+imported (a user-set value wins; otherwise egl, then osmesa, each tried in a
+subprocess). The contact-loop speed-up of ``mmaze_speedup`` is applied unless
+``speedup=False`` or ``R2I_MMAZE_SPEEDUP=0``.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import functools
+import importlib.util
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from recall2imagine.envs import mmaze_speedup
+from recall2imagine.envs.base import ActSpace, Env
+
+DEBIAN_PACKAGES = 'libegl1 libgl1 libosmesa6 libglfw3 libgl1-mesa-dri'
+GL_BACKENDS = ('egl', 'osmesa')
+
+# A tiny offscreen render; run in a subprocess so a failing backend cannot break this process.
+_GL_PROBE = """
+import mujoco
+m = mujoco.MjModel.from_xml_string('<mujoco><worldbody><geom size="1"/></worldbody></mujoco>')
+d = mujoco.MjData(m)
+r = mujoco.Renderer(m, 16, 16)
+mujoco.mj_forward(m, d)
+r.update_scene(d)
+r.render()
+r.close()
+"""
+
+
+def available() -> bool:
+    """Whether the memory-maze and dm-control packages are installed (nothing is imported)."""
+    return all(importlib.util.find_spec(m) is not None for m in ('memory_maze', 'dm_control', 'mujoco'))
+
+
+def select_gl_backend() -> str:
+    """Sets MUJOCO_GL for headless rendering and returns it.
+
+    A MUJOCO_GL already in the environment (set by the user, or by an earlier
+    call: worker processes inherit it) is kept as is. Otherwise egl and then
+    osmesa are tried with a small render in a subprocess.
+    """
+    current = os.environ.get('MUJOCO_GL')
+    if current:
+        return current
+    if 'dm_control' in sys.modules or 'mujoco' in sys.modules:
+        print(
+            'warning: mujoco/dm_control were imported before MUJOCO_GL was chosen; '
+            'rendering may use the wrong backend',
+            file=sys.stderr,
+        )
+    errors = []
+    for backend in GL_BACKENDS:
+        env = dict(os.environ, MUJOCO_GL=backend)
+        try:
+            proc = subprocess.run(
+                [sys.executable, '-c', _GL_PROBE], env=env, capture_output=True, text=True, timeout=120
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            errors.append(f'{backend}: {type(e).__name__}')
+            continue
+        if proc.returncode == 0:
+            os.environ['MUJOCO_GL'] = backend
+            return backend
+        lines = [ln.strip() for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        errors.append(f'{backend}: {lines[-1] if lines else f"exit code {proc.returncode}"}')
+    raise RuntimeError(
+        'Memory Maze needs headless OpenGL but no MuJoCo backend works ('
+        + '; '.join(errors)
+        + f'): install the Debian packages {DEBIAN_PACKAGES} (apt-get install {DEBIAN_PACKAGES}) '
+        'or set MUJOCO_GL yourself'
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _registrations() -> dict[str, tuple[str, dict]]:
+    """id -> (task function name in memory_maze.tasks, kwargs), from the package's register() calls."""
+    spec = importlib.util.find_spec('memory_maze')
+    if spec is None or spec.origin is None:
+        raise ImportError('memory-maze is not installed (pip install memory-maze==1.0.3)')
+    with open(spec.origin, encoding='utf-8') as f:
+        tree = ast.parse(f.read())
+
+    sizes = {}  # '9x9' -> 'memory_maze_9x9'
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+            and isinstance(node.value, ast.Dict)
+        ):
+            entries = {}
+            for k, v in zip(node.value.keys, node.value.values):
+                if isinstance(k, ast.Constant) and isinstance(v, ast.Attribute):
+                    entries[k.value] = v.attr
+            if entries and all(v.startswith('memory_maze_') for v in entries.values()):
+                sizes = entries
+
+    table: dict[str, tuple[str, dict]] = {}
+    for loop in ast.walk(tree):
+        if not isinstance(loop, ast.For):
+            continue
+        # for key, dm_task in sizes.items(): register(id=f'MemoryMaze-{key}-...', entry_point=f(_, dm_task, **kw))
+        if not (isinstance(loop.target, ast.Tuple) and len(loop.target.elts) == 2):
+            continue
+        key_name = loop.target.elts[0].id
+        for call in ast.walk(loop):
+            if not (isinstance(call, ast.Call) and getattr(call.func, 'id', None) == 'register'):
+                continue
+            kw = {k.arg: k.value for k in call.keywords}
+            id_node, entry = kw.get('id'), kw.get('entry_point')
+            if not isinstance(id_node, ast.JoinedStr) or not isinstance(entry, ast.Call):
+                continue
+            task_kwargs = {k.arg: ast.literal_eval(k.value) for k in entry.keywords}
+            for size, fn_name in sizes.items():
+                parts = []
+                for value in id_node.values:
+                    if isinstance(value, ast.Constant):
+                        parts.append(str(value.value))
+                    elif isinstance(value, ast.FormattedValue) and getattr(value.value, 'id', None) == key_name:
+                        parts.append(size)
+                    else:
+                        raise ValueError('unexpected id expression')
+                table[''.join(parts)] = (fn_name, task_kwargs)
+    if not table:
+        raise RuntimeError(f'could not read the Memory Maze task table from {spec.origin}')
+    return table
+
+
+def memory_maze_ids() -> list[str]:
+    """All task ids the memory-maze package registers (64 for memory-maze 1.0.3)."""
+    return sorted(_registrations(), key=_id_sort_key)
+
+
+def _id_sort_key(task_id: str):
+    size = task_id.split('-')[1]
+    return (int(size.split('x')[0]) if 'x' in size else 0, task_id)
+
+
+def task_kwargs(task_id: str) -> tuple[str, dict]:
+    """(task function name, kwargs) that the package registers for ``task_id``."""
+    fn_name, kwargs = _registrations()[task_id]
+    return fn_name, dict(kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _tasks_module():
+    """Imports memory_maze.tasks without the old gym package.
+
+    ``import memory_maze`` imports ``memory_maze.tasks`` and then re-raises the
+    ImportError of ``import gym`` (after printing a note); the tasks module stays
+    importable, so it is taken from sys.modules.
+    """
+    select_gl_backend()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            import memory_maze  # noqa: F401
+    except ImportError:
+        if 'memory_maze.tasks' not in sys.modules:
+            raise
+    return sys.modules['memory_maze.tasks']
+
+
+def _unwrap(env):
+    """The innermost dm_control composer Environment under memory-maze's wrappers."""
+    wrapper_cls = sys.modules['memory_maze.wrappers'].Wrapper
+    while isinstance(env, wrapper_cls):
+        env = env.env
+    return env
+
+
+class MemoryMaze(Env):
+    """One Memory Maze task behind the common ``Env`` interface.
+
+    seed: seeds the maze layouts, target placement and spawn sequence.
+    speedup: apply the numpy contact check (process-wide; False removes it);
+      None follows ``R2I_MMAZE_SPEEDUP`` (default on).
+    time_limit: optional episode length in seconds (steps / 4 for the 4 Hz
+      tasks) replacing the package's; meant for tests.
+    """
+
+    def __init__(self, task_id: str, seed: int | None = 0, speedup: bool | None = None, time_limit=None):
+        fn_name, kwargs = task_kwargs(task_id)
+        self.task_id = task_id
+        tasks = _tasks_module()
+        if speedup is None:
+            speedup = mmaze_speedup.enabled_by_env()
+        if speedup:
+            mmaze_speedup.apply(force=True)
+        else:
+            mmaze_speedup.remove()
+        self.speedup = bool(speedup)
+        self._env = getattr(tasks, fn_name)(seed=seed, **kwargs)
+        if time_limit is not None:
+            inner = _unwrap(self._env)
+            if not hasattr(inner, '_time_limit'):
+                raise RuntimeError('cannot override the time limit of this dm_control version')
+            inner._time_limit = float(time_limit) - 1e-3  # as the package: exactly time_limit * freq steps
+
+        act_spec = self._env.action_spec()
+        self.act_space = ActSpace(True, int(act_spec.num_values))
+        self._act_min = int(getattr(act_spec, 'minimum', 0))
+        obs_spec = self._env.observation_spec()
+        self._single = not isinstance(obs_spec, dict)  # image-only tasks return a bare array
+        if self._single:
+            obs_spec = {'image': obs_spec}
+        self.obs_space = {}
+        for key, spec in obs_spec.items():
+            if key == 'image':
+                self.obs_space[key] = (tuple(spec.shape), np.dtype(np.uint8))
+            else:
+                self.obs_space[key] = ((int(np.prod(spec.shape)),), np.dtype(np.float32))
+        self._done = True
+
+    def _obs(self, observation) -> dict[str, np.ndarray]:
+        if self._single:
+            observation = {'image': observation}
+        out = {}
+        for key in self.obs_space:
+            if key == 'image':
+                out[key] = np.array(observation[key], np.uint8, copy=True)
+            else:
+                out[key] = np.asarray(observation[key], np.float32).ravel().copy()
+        return out
+
+    def reset(self):
+        ts = self._env.reset()
+        self._done = False
+        return self._pack(self._obs(ts.observation), 0.0, True, False, False)
+
+    def step(self, action):
+        if self._done:
+            raise RuntimeError('episode is over: call reset() before step()')
+        ts = self._env.step(self._discrete_action(action) + self._act_min)
+        last = bool(ts.last())
+        self._done = last
+        terminal = last and ts.discount is not None and float(ts.discount) == 0.0
+        reward = 0.0 if ts.reward is None else float(ts.reward)
+        return self._pack(self._obs(ts.observation), reward, False, last, terminal)
+
+    @property
+    def dm_env(self):
+        """The wrapped dm_env environment (for tests and inspection)."""
+        return self._env
+
+    def close(self):
+        env, self._env = getattr(self, '_env', None), None
+        if env is not None:
+            env.close()

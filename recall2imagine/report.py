@@ -1,0 +1,121 @@
+"""Open-loop world-model reports: videos for image keys, line plots for vector keys.
+
+`openloop_report(agent, batch, key, context, outdir, step, logger)` asks the agent to
+reconstruct the first `context` steps of replay sequences and to imagine the rest from the
+recorded actions, then writes
+  <outdir>/openloop_<key>_<step>.gif   truth | model | error, one row per sequence (images)
+  <outdir>/openloop_<key>_<step>.png   truth vs model over time per dimension (vectors, reward)
+and hands the same to TensorBoard / W&B through `logger.video` / `logger.image`.
+"""
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+
+
+def video_grid(truth, model, context=None):
+    """truth, model [B, T, H, W, C] uint8 -> frames [T, B*H, 3*W, 3] uint8: truth | model | error.
+
+    The model column gets a 1-pixel border, green during context (reconstruction) and red once it
+    imagines open loop, so a viewer can tell which frames saw observations."""
+    truth, model = np.asarray(truth, np.uint8), np.asarray(model, np.uint8)
+    if truth.shape != model.shape or truth.ndim != 5:
+        raise ValueError(f'video_grid needs two [B, T, H, W, C] arrays of one shape, got {truth.shape}, {model.shape}')
+    if truth.shape[-1] == 1:
+        truth, model = np.repeat(truth, 3, -1), np.repeat(model, 3, -1)
+    elif truth.shape[-1] != 3:  # several stacked images: show the first three channels
+        truth, model = truth[..., :3], model[..., :3]
+    model = model.copy()
+    if context is not None:
+        T = truth.shape[1]
+        color = np.zeros((T, 3), np.uint8)
+        color[:context] = (0, 200, 0)
+        color[context:] = (220, 0, 0)
+        for edge in (np.s_[:, :, 0, :], np.s_[:, :, -1, :], np.s_[:, :, :, 0], np.s_[:, :, :, -1]):
+            view = model[edge]  # [B, T, W|H, 3]
+            model[edge] = np.broadcast_to(color[None, :, None, :], view.shape)
+    error = (np.abs(truth.astype(np.int16) - model.astype(np.int16))).astype(np.uint8)
+    row = np.concatenate([truth, model, error], 3)  # [B, T, H, 3W, 3]
+    B, T, H, W3, C = row.shape
+    return row.transpose(1, 0, 2, 3, 4).reshape(T, B * H, W3, C)
+
+
+def encode_gif(frames, fps=10, scale=1):
+    """frames [T, H, W, 3] uint8 -> GIF bytes (looping)."""
+    from PIL import Image
+
+    frames = np.asarray(frames, np.uint8)
+    if scale > 1:
+        frames = frames.repeat(scale, 1).repeat(scale, 2)
+    images = [Image.fromarray(f) for f in frames]
+    buf = io.BytesIO()
+    images[0].save(buf, format='GIF', save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    return buf.getvalue()
+
+
+def frame_strip(frames, every=1, limit=16):
+    """frames [T, H, W, 3] -> one image [H, n*W, 3] of every `every`-th frame (at most `limit`)."""
+    picked = np.asarray(frames)[::every][:limit]
+    return np.concatenate(list(picked), 1)
+
+
+def plot_vectors(path, truth, model, context, title=''):
+    """Line plots of the first sequence: one panel per dimension (at most 8), truth vs model."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    truth = np.asarray(truth, np.float32)[0].reshape(truth.shape[1], -1)  # [T, D]
+    model = np.asarray(model, np.float32)[0].reshape(model.shape[1], -1)
+    dims = min(truth.shape[1], 8)
+    fig, axes = plt.subplots(dims, 1, figsize=(8, 1.4 * dims + 0.6), sharex=True, squeeze=False)
+    t = np.arange(truth.shape[0])
+    for d, ax in enumerate(axes[:, 0]):
+        ax.plot(t, truth[:, d], color='black', lw=1.2, label='truth')
+        ax.plot(t, model[:, d], color='tab:red', lw=1.2, ls='--', label='model')
+        ax.axvline(context - 0.5, color='tab:gray', lw=0.8)
+        ax.set_ylabel(f'{d}', rotation=0, labelpad=10)
+    axes[0, 0].legend(loc='upper right', fontsize=7, ncol=2)
+    axes[0, 0].set_title(title or 'open-loop prediction (left of the line: reconstruction)', fontsize=9)
+    axes[-1, 0].set_xlabel('step')
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def openloop_report(agent, batch, key, context, outdir, step, logger=None, sequences=4):
+    """Writes the open-loop files of one replay batch; returns {name: path} and logs scalars
+    `openloop/<key>_mse` (mean squared error of the imagined part, images in [0, 1])."""
+    batch = {k: np.asarray(v)[:sequences] for k, v in batch.items()}
+    preds = agent.openloop(batch, key, context)
+    os.makedirs(outdir, exist_ok=True)
+    files = {}
+    for name, (truth, model) in preds.items():
+        is_image = truth.ndim == 5 and truth.dtype == np.uint8
+        scale = 255.0 if is_image else 1.0
+        err = np.square(truth[:, context:].astype(np.float32) / scale - model[:, context:].astype(np.float32) / scale)
+        if logger is not None:
+            logger.add({f'openloop/{name}_mse': float(err.mean())})
+        if is_image:
+            frames = video_grid(truth, model, context)
+            gif = encode_gif(frames, scale=2 if frames.shape[1] <= 128 else 1)
+            path = os.path.join(outdir, f'openloop_{name}_{step}.gif')
+            with open(path, 'wb') as f:
+                f.write(gif)
+            if logger is not None:
+                logger.video(f'openloop/{name}', gif, path, step)
+        else:
+            if name == 'reward':
+                truth, model = truth[..., None], model[..., None]
+            path = os.path.join(outdir, f'openloop_{name}_{step}.png')
+            png = plot_vectors(path, truth, model, context, title=f'{name}: open-loop prediction after {context} steps')
+            if logger is not None:
+                logger.image(f'openloop/{name}', png, path, step)
+        files[name] = path
+    return files

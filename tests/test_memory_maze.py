@@ -1,0 +1,136 @@
+"""Memory Maze environment side: adapter, task table, time-limit semantics, contact speed-up."""
+
+import collections
+
+import numpy as np
+import pytest
+
+from recall2imagine.envs import list_tasks, make_env
+from recall2imagine.envs import memory_maze as mm
+from recall2imagine.envs import mmaze_speedup
+from recall2imagine.envs.base import check_obs
+
+pytestmark = pytest.mark.skipif(not mm.available(), reason='memory-maze / dm-control not installed')
+
+
+def test_task_table_from_package():
+    ids = mm.memory_maze_ids()
+    assert len(ids) == 64 and len(set(ids)) == 64
+    assert {'MemoryMaze-9x9-v0', 'MemoryMaze-15x15-ExtraObs-v0', 'MemoryMaze-11x11-Top-v0'} <= set(ids)
+    assert mm.task_kwargs('MemoryMaze-9x9-v0') == ('memory_maze_9x9', {'image_only_obs': True})
+    assert mm.task_kwargs('MemoryMaze-13x13-ExtraObs-v0') == ('memory_maze_13x13', {'global_observables': True})
+    tasks = list_tasks('memory_maze')
+    assert 'gym_memory_maze:MemoryMaze-9x9-v0' in tasks
+    assert set(tasks) <= set(list_tasks())
+
+
+def test_unknown_id_suggests():
+    with pytest.raises(ValueError, match="did you mean 'MemoryMaze-9x9-v0'"):
+        make_env('gym_memory_maze:MemoryMaze-9x9-v1', seed=0)
+    with pytest.raises(TypeError, match='unexpected kwargs'):
+        make_env('gym_memory_maze:MemoryMaze-9x9-v0', seed=0, foo=1)
+
+
+def test_gl_backend_is_chosen():
+    assert mm.select_gl_backend() in ('egl', 'osmesa', 'glfw')
+
+
+def test_9x9_steps_headless_and_time_limit_is_truncation():
+    rng = np.random.default_rng(0)
+    # 12.5 s at 4 Hz: the episode ends after exactly 50 steps, through the time limit.
+    env = make_env('gym_memory_maze:MemoryMaze-9x9-v0', seed=1, time_limit=12.5)
+    try:
+        assert env.act_space.discrete and env.act_space.n == 6
+        assert env.obs_space == {'image': ((64, 64, 3), np.dtype(np.uint8))}
+        obs = env.reset()
+        check_obs(env, obs)
+        assert obs['is_first'] and obs['reward'] == 0.0
+        for t in range(50):
+            obs = env.step(int(rng.integers(6)))
+            check_obs(env, obs)
+            assert not obs['is_first']
+            assert obs['is_last'] == (t == 49)
+            assert not obs['is_terminal']  # time limit: truncation (discount 1), not a terminal
+        assert obs['image'].std() > 0  # rendered something
+        with pytest.raises(RuntimeError, match='reset'):
+            env.step(0)
+    finally:
+        env.close()
+
+
+def _planner(obs, n):
+    """Shortest path on the maze layout to the current target, steered with agent_dir."""
+    lay = obs['maze_layout'].reshape(n, n)
+    pos, direc, target = obs['agent_pos'], obs['agent_dir'], obs['target_pos']
+    start, goal = (int(pos[0]), int(pos[1])), (int(target[0]), int(target[1]))
+    prev, queue = {start: None}, collections.deque([start])
+    while queue:
+        cell = queue.popleft()
+        if cell == goal:
+            break
+        for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+            nb = (cell[0] + dx, cell[1] + dy)
+            if 0 <= nb[0] < n and 0 <= nb[1] < n and lay[nb[1], nb[0]] and nb not in prev:
+                prev[nb] = cell
+                queue.append(nb)
+    path = [goal]
+    while prev.get(path[-1]) is not None:
+        path.append(prev[path[-1]])
+    way = np.array(path[-2]) + 0.5 if len(path) > 1 else target
+    v = way - pos
+    angle = np.arctan2(direc[0] * v[1] - direc[1] * v[0], direc @ v)
+    if angle > 0.35:
+        return 4 if angle < 0.9 else 2  # forward+left / left
+    if angle < -0.35:
+        return 5 if angle > -0.9 else 3  # forward+right / right
+    return 1  # forward
+
+
+def _run(actions=None, speedup=True, steps=60):
+    env = make_env('gym_memory_maze:MemoryMaze-9x9-ExtraObs-v0', seed=0, speedup=speedup)
+    try:
+        assert mmaze_speedup.is_applied() == speedup
+        obs = env.reset()
+        check_obs(env, obs)
+        assert obs['maze_layout'].shape == (81,) and obs['maze_layout'].dtype == np.float32
+        trace, taken = [obs], []
+        for t in range(steps):
+            a = _planner(obs, 9) if actions is None else actions[t]
+            taken.append(a)
+            obs = env.step(a)
+            trace.append(obs)
+        return trace, taken
+    finally:
+        env.close()
+
+
+def test_speedup_gives_identical_rollouts():
+    try:
+        fast, actions = _run(speedup=True)
+        slow, _ = _run(actions, speedup=False)
+    finally:
+        mmaze_speedup.apply(force=True)
+    rewards = np.array([o['reward'] for o in fast])
+    assert rewards.sum() >= 1  # the planner reaches a target (step 48 for this seed), so activation is exercised
+    for f, s in zip(fast, slow):
+        assert set(f) == set(s)
+        for k in f:
+            np.testing.assert_array_equal(f[k], s[k], err_msg=k)
+
+
+def test_speedup_apply_is_idempotent_and_reversible(monkeypatch):
+    from dm_control.locomotion.props import target_sphere
+
+    cls = target_sphere.TargetSphere
+    try:
+        mmaze_speedup.remove()
+        original = cls._update_activation
+        assert mmaze_speedup.apply(force=True) and mmaze_speedup.apply(force=True)
+        assert cls._update_activation is mmaze_speedup._update_activation
+        mmaze_speedup.remove()
+        assert cls._update_activation is original
+        monkeypatch.setenv(mmaze_speedup.ENV_VAR, '0')
+        assert not mmaze_speedup.apply()
+        assert cls._update_activation is original
+    finally:
+        mmaze_speedup.apply(force=True)
