@@ -134,3 +134,30 @@ def test_speedup_apply_is_idempotent_and_reversible(monkeypatch):
         assert cls._update_activation is original
     finally:
         mmaze_speedup.apply(force=True)
+
+
+def test_mmaze_small_trains_and_writes_openloop_video(tmp_path):
+    """`--configs mmaze mmaze_small` on the 9x9 maze: a few updates, finite losses, and an
+    open-loop GIF with one frame per sequence step, truth | model | error side by side."""
+    import json
+    import math
+
+    from PIL import Image
+
+    from recall2imagine import train
+
+    logdir = tmp_path / 'mm'
+    code = train.main(['--configs', 'mmaze', 'mmaze_small', '--logdir', str(logdir), '--envs.amount', '1',
+                       '--envs.parallel', 'none', '--batch_length', '16', '--run.steps', '120',
+                       '--run.train_fill', '64', '--run.eval_eps', '0', '--run.log_every', '0',
+                       '--run.report_every', '100', '--run.report_context', '8'])
+    assert code == 0
+    rows = [json.loads(line) for line in open(logdir / 'metrics.jsonl')]
+    losses = [r['train/image_loss'] for r in rows if 'train/image_loss' in r]
+    assert losses and all(v is not None and math.isfinite(v) for v in losses)
+    gifs = sorted((logdir / 'videos').glob('openloop_image_*.gif'))
+    assert gifs
+    with Image.open(gifs[-1]) as gif:
+        assert gif.n_frames == 16  # batch_length
+        assert gif.size == (3 * 64, 4 * 64)  # (truth | model | error) x batch_size rows
+    assert any('openloop/image_mse' in r for r in rows)
