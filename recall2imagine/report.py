@@ -119,3 +119,18 @@ def openloop_report(agent, batch, key, context, outdir, step, logger=None, seque
                 logger.image(f'openloop/{name}', png, path, step)
         files[name] = path
     return files
+
+
+def write_episode_video(logger, outdir, step, frames, fps=16):
+    """An agent episode ([T] frames [H, W, 3] uint8) as <outdir>/eval_<step>.gif, also to TB / W&B."""
+    os.makedirs(outdir, exist_ok=True)
+    frames = np.asarray(frames, np.uint8)
+    if frames.shape[-1] == 1:
+        frames = np.repeat(frames, 3, -1)
+    gif = encode_gif(frames[..., :3], fps=fps, scale=2 if frames.shape[1] <= 64 else 1)
+    path = os.path.join(str(outdir), f'eval_{step}.gif')
+    with open(path, 'wb') as f:
+        f.write(gif)
+    if logger is not None:
+        logger.video('eval/episode', gif, path, step)
+    return path

@@ -68,7 +68,7 @@ def run(cfg):
     from recall2imagine.envs import make_env, parse_task
     from recall2imagine.logging import Logger, Progress, check_outputs
     from recall2imagine.replay import make_replay
-    from recall2imagine.report import openloop_report
+    from recall2imagine.report import openloop_report, write_episode_video
 
     # jsonl always; W&B also when a run name is given
     outputs = check_outputs(dict.fromkeys(("jsonl", *cfg.run.loggers, *(("wandb",) if cfg.wdb_name else ()))))
@@ -85,7 +85,8 @@ def run(cfg):
 
     # bsuite's own CSV log (from the first env) lets bsuite's analysis code score the run
     bsuite_dir = str(logdir / "bsuite") if parse_task(cfg.task)[0] == "bsuite" else None
-    envs = [make_env(cfg.task, seed=cfg.seed * 1000 + i, bsuite_logdir=bsuite_dir if i == 0 else None)
+    envs = [make_env(cfg.task, seed=cfg.seed * 1000 + i, length=cfg.envs.length,
+                     bsuite_logdir=bsuite_dir if i == 0 else None)
             for i in range(cfg.envs.amount)]
     obs_space, act_space = envs[0].obs_space, envs[0].act_space
     replay = make_replay(cfg.replay, cfg.replay_size, len(envs), seed=cfg.seed,
@@ -100,8 +101,10 @@ def run(cfg):
     key = jax.random.PRNGKey(cfg.seed + 1)
     counters = dict(step=0, updates=0, owed=0.0)
 
-    # resume from the newest intact checkpoint in the logdir (model, optimisers, replay, counters)
-    ckpt = Checkpointer(logdir / "checkpoints", keep=cfg.run.keep_checkpoints)
+    # resume from the newest intact checkpoint (model, optimisers, replay, counters); with the LFS
+    # replay the checkpoints live in the durable tier too, so a restart with a fresh logdir resumes
+    durable = getattr(replay, "lfs_dir", None)
+    ckpt = Checkpointer((durable or logdir) / "checkpoints", keep=cfg.run.keep_checkpoints)
     chash = config_hash({k: v for k, v in cfg.flat().items() if not k.startswith("run.")})
     restored = ckpt.load_latest({"agent": agent.state, "key": key}, extra=replay.load)
     if restored:
@@ -191,9 +194,20 @@ def run(cfg):
             action, pstate = agent.policy(obs, pstate, sub, mode="eval")
             return {"action": action}, pstate
 
+        frames = []  # image tasks: the first evaluation episode becomes videos/eval_<step>.gif
+
+        def on_eval_step(tran, workers):
+            if not returns and "image" in tran:
+                frames.append(np.asarray(tran["image"][0]))
+
         while len(returns) < cfg.run.eval_eps:
-            eval_driver(greedy, steps=1, on_episode=on_eval_episode)
+            eval_driver(greedy, steps=1, on_step=on_eval_step, on_episode=on_eval_episode)
         logger.add({"eval/score": float(np.mean(returns)), "eval/length": float(np.mean(lengths))})
+        if frames:
+            try:
+                write_episode_video(logger, logdir / "videos", counters["step"], frames)
+            except OSError as e:
+                print(f"warning: evaluation video not written ({e})", file=sys.stderr, flush=True)
         counters["next_eval"] = counters["step"] + cfg.run.eval_every
 
     def report():
@@ -208,7 +222,8 @@ def run(cfg):
             print(f"warning: open-loop report skipped ({e})", file=sys.stderr, flush=True)
         counters["next_report"] = counters["step"] + cfg.run.report_every
 
-    eval_env = make_env(cfg.task, seed=cfg.seed * 1000 + 999) if cfg.run.eval_eps > 0 else None
+    eval_env = (make_env(cfg.task, seed=cfg.seed * 1000 + 999, length=cfg.envs.length)
+                if cfg.run.eval_eps > 0 else None)
     counters.setdefault("next_report", cfg.run.report_every)
     counters.setdefault("next_eval", cfg.run.eval_every)
     start = time.time()

@@ -235,3 +235,14 @@ def test_bsuite_csv_of_a_restarted_run_is_kept(tmp_path):
     csvs = sorted(glob.glob(str(tmp_path / '*.csv')))
     baks = sorted(glob.glob(str(tmp_path / '*.bak')))
     assert len(csvs) == 1 and len(baks) == 1, (csvs, baks)
+
+
+def test_time_limit_truncates():
+    env = make_env('gym_popgym:popgym-RepeatPreviousEasy-v0', seed=0, length=5)
+    obs = env.reset()
+    flags = []
+    while not obs['is_last']:
+        obs = env.step(0)
+        flags.append((obs['is_last'], obs['is_terminal']))
+    assert flags == [(False, False)] * 4 + [(True, False)]
+    assert env.reset()['is_first']

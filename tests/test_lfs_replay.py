@@ -3,6 +3,7 @@ the storage bound, checkpoint consistency, and an end-to-end restart with a new 
 
 import json
 import os
+import shutil
 import pathlib
 import subprocess
 import sys
@@ -253,10 +254,16 @@ def test_restart_on_a_new_logdir_finds_the_replay(tmp_path):
     first = _train(tmp_path / 'L1', d1, 300, '--use_lfs', 'True')
     assert 'prefill' in first
     assert len(list(d1.glob('w0000-*.chunk'))) == len(list(d1.glob('w0001-*.chunk'))) == 10  # 150 steps / 16
-    # a new, empty logdir (another machine) and the same lfs_dir; --replay lfs: a disk local tier
+    # a new, empty logdir (another machine) and the same lfs_dir; --replay lfs: a disk local tier.
+    # The checkpoints live in lfs_dir too: the agent, counters and replay all resume.
     second = _train(tmp_path / 'L2', d1, 0, '--replay', 'lfs')
-    assert 'replay: restored 300 steps of 2 workers from 20 chunks' in second, second
+    assert 'at step 300 (300 replay steps)' in second, second
     assert 'prefill' not in second
     rows = [json.loads(line) for line in open(tmp_path / 'L2' / 'metrics.jsonl')]
     assert rows[-1]['replay/size'] == 300
     assert (tmp_path / 'L2' / 'replay' / 'replay_index.json').exists()
+    # without any checkpoint the replay alone is rebuilt from the chunks
+    shutil.rmtree(d1 / 'checkpoints')
+    third = _train(tmp_path / 'L3', d1, 0, '--use_lfs', 'True')
+    assert 'replay: restored 300 steps of 2 workers from 20 chunks' in third, third
+    assert 'prefill' not in third

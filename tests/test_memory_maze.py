@@ -149,7 +149,8 @@ def test_mmaze_small_trains_and_writes_openloop_video(tmp_path):
     logdir = tmp_path / 'mm'
     code = train.main(['--configs', 'mmaze', 'mmaze_small', '--logdir', str(logdir), '--envs.amount', '1',
                        '--envs.parallel', 'none', '--batch_length', '16', '--run.steps', '120',
-                       '--run.train_fill', '64', '--run.eval_eps', '0', '--run.log_every', '0',
+                       '--run.train_fill', '64', '--run.eval_eps', '1', '--run.eval_every', '100',
+                       '--envs.length', '40', '--run.log_every', '0',
                        '--run.report_every', '100', '--run.report_context', '8'])
     assert code == 0
     rows = [json.loads(line) for line in open(logdir / 'metrics.jsonl')]
@@ -161,3 +162,7 @@ def test_mmaze_small_trains_and_writes_openloop_video(tmp_path):
         assert gif.n_frames == 16  # batch_length
         assert gif.size == (3 * 64, 4 * 64)  # (truth | model | error) x batch_size rows
     assert any('openloop/image_mse' in r for r in rows)
+    # the evaluation episode (40 steps with --envs.length 40: the reset frame + 40) as a GIF
+    assert any(r.get('eval/length') == 40 for r in rows)
+    with Image.open(next((logdir / 'videos').glob('eval_*.gif'))) as gif:
+        assert gif.n_frames == 41 and gif.size == (128, 128)

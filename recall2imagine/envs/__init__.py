@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 
-from recall2imagine.envs.base import ActSpace, Env
+from recall2imagine.envs.base import ActSpace, Env, TimeLimit
 
 __all__ = ['ActSpace', 'Env', 'make_env', 'list_tasks', 'parse_task', 'SUITES']
 
@@ -106,13 +106,23 @@ def _unknown_id(suite: str, name: str, ids: list[str]) -> ValueError:
     )
 
 
-def make_env(task: str, seed: int = 0, **kwargs) -> Env:
+def make_env(task: str, seed: int = 0, length: int = 0, **kwargs) -> Env:
     """Builds one environment from a task string.
+
+    length: if > 0, episodes end (truncated: is_last without is_terminal) after this many steps
+      (``--envs.length``), unless the env ends them earlier.
 
     kwargs: ``bsuite_logdir`` (bsuite only): record bsuite's scoring CSV there.
       Memory Maze: ``speedup`` (numpy contact check, default on) and
       ``time_limit`` (episode seconds, for tests).
     """
+    env = _make(task, seed, **kwargs)
+    if length and length > 0:
+        env = TimeLimit(env, int(length))
+    return env
+
+
+def _make(task: str, seed: int, **kwargs) -> Env:
     suite, name = parse_task(task)
     # None means "not set", so callers can pass suite-specific options blindly.
     kwargs = {k: v for k, v in kwargs.items() if v is not None}

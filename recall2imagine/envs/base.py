@@ -96,6 +96,31 @@ class Env:
         return (env_low + (a + 1.0) * 0.5 * (env_high - env_low)).astype(np.float32)
 
 
+class TimeLimit(Env):
+    """Ends an episode after `length` steps as a truncation (is_last, not is_terminal)."""
+
+    def __init__(self, env: Env, length: int):
+        if length < 1:
+            raise ValueError(f'time limit must be >= 1 step, got {length}')
+        self.env, self.length = env, length
+        self.obs_space, self.act_space = env.obs_space, env.act_space
+        self._steps = 0
+
+    def reset(self):
+        self._steps = 0
+        return self.env.reset()
+
+    def step(self, action):
+        obs = self.env.step(action)
+        self._steps += 1
+        if self._steps >= self.length and not obs['is_last']:
+            obs = dict(obs, is_last=True, is_terminal=False)
+        return obs
+
+    def close(self):
+        self.env.close()
+
+
 def check_obs(env: Env, obs: dict[str, Any]) -> None:
     """Raises AssertionError if ``obs`` does not match ``env.obs_space``."""
     for key, (shape, dtype) in env.obs_space.items():

@@ -180,6 +180,10 @@ def _tasks_module():
     importable, so it is taken from sys.modules.
     """
     select_gl_backend()
+    from absl import logging as absl_logging
+
+    # dm_control warns "Cannot set velocity on Entity with no free joint" on every reset
+    absl_logging.set_verbosity(absl_logging.ERROR)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             import memory_maze  # noqa: F401
