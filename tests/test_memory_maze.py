@@ -166,3 +166,29 @@ def test_mmaze_small_trains_and_writes_openloop_video(tmp_path):
     assert any(r.get('eval/length') == 40 for r in rows)
     with Image.open(next((logdir / 'videos').glob('eval_*.gif'))) as gif:
         assert gif.n_frames == 41 and gif.size == (128, 128)
+
+
+def test_shared_wall_textures_render_identically_with_less_memory():
+    """One texture provider for the 10 wall variations: same images over several short episodes
+    (new layouts and wall textures at each reset), 16 textures instead of 88."""
+    rollouts, ntex = [], []
+    for share in (True, False):
+        env = mm.MemoryMaze('MemoryMaze-9x9-v0', seed=5, share_textures=share, time_limit=5)
+        rng = np.random.default_rng(0)
+        images = [env.reset()['image']]
+        for _ in range(3 * 20):
+            obs = env.step(int(rng.integers(0, 6)))
+            images.append(obs['image'])
+            if obs['is_last']:
+                images.append(env.reset()['image'])
+        rollouts.append(np.stack(images))
+        ntex.append(mm._unwrap(env._env).physics.model.ntex)
+        env.close()
+    assert ntex == [16, 88]
+    np.testing.assert_array_equal(rollouts[0], rollouts[1])
+
+
+def test_memory_check_says_how_many_envs_fit():
+    mm.check_memory(2, available=10 * 2**30)
+    with pytest.raises(MemoryError, match='use --envs.amount 16 or fewer'):
+        mm.check_memory(40, available=10 * 2**30)

@@ -34,6 +34,7 @@ import io
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 
@@ -201,17 +202,76 @@ def _unwrap(env):
     return env
 
 
+@contextlib.contextmanager
+def _shared_wall_textures(tasks):
+    """While a task is built, `labmaze_textures.WallTextures(style)` returns one instance per style.
+
+    memory-maze gives each of its 10 wall variations its own `WallTextures('style_01')`, so the
+    model holds 10 copies of the same 8 wall images (266 MB of texture data of 88 textures per env,
+    ~1.3 GB resident with the rendering context). dm-control's maze arena attaches each distinct
+    provider once and draws each variation's texture with its own `random_state.choice` from the
+    provider's list, so sharing one provider keeps the random stream and the rendered images as they
+    were (tests/test_memory_maze.py) at a fraction of the memory."""
+    original = tasks.labmaze_textures
+    cache = {}
+
+    def wall_textures(style, *args, **kwargs):
+        key = (style, args, tuple(sorted(kwargs.items())))
+        if key not in cache:
+            cache[key] = original.WallTextures(style, *args, **kwargs)
+        return cache[key]
+
+    shim = types.SimpleNamespace(**{k: getattr(original, k) for k in dir(original) if not k.startswith('__')})
+    shim.WallTextures = wall_textures
+    tasks.labmaze_textures = shim
+    try:
+        yield
+    finally:
+        tasks.labmaze_textures = original
+
+
+# Resident memory of one Memory Maze env (9x9, 64x64, shared wall textures, EGL or OSMesa): 531-578 MB
+# measured on the 2-core CPU machine (BENCHMARKS.md); larger mazes and renders need somewhat more.
+ENV_BYTES = 600 * 2**20
+
+
+def available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where unknown)."""
+    try:
+        with open('/proc/meminfo') as f:
+            for line in f:
+                if line.startswith('MemAvailable:'):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_memory(count: int, available: int | None = None) -> None:
+    """Raises MemoryError (one line, says what to do) when `count` envs would not fit in RAM."""
+    available = available_memory() if available is None else available
+    need = count * ENV_BYTES
+    if available is not None and need > available:
+        fits = max(int(available // ENV_BYTES) - 1, 1)
+        raise MemoryError(
+            f'{count} Memory Maze envs need about {need / 2**30:.1f} GiB of RAM (~{ENV_BYTES / 2**20:.0f} MiB '
+            f'each) but {available / 2**30:.1f} GiB is available: use --envs.amount {fits} or fewer')
+
+
 class MemoryMaze(Env):
     """One Memory Maze task behind the common ``Env`` interface.
 
     seed: seeds the maze layouts, target placement and spawn sequence.
     speedup: apply the numpy contact check (process-wide; False removes it);
       None follows ``R2I_MMAZE_SPEEDUP`` (default on).
+    share_textures: build the 10 wall variations from one texture provider (identical images,
+      ~4x less memory per env); False builds the package's 10 copies.
     time_limit: optional episode length in seconds (steps / 4 for the 4 Hz
       tasks) replacing the package's; meant for tests.
     """
 
-    def __init__(self, task_id: str, seed: int | None = 0, speedup: bool | None = None, time_limit=None):
+    def __init__(self, task_id: str, seed: int | None = 0, speedup: bool | None = None, time_limit=None,
+                 share_textures: bool = True):
         fn_name, kwargs = task_kwargs(task_id)
         self.task_id = task_id
         tasks = _tasks_module()
@@ -222,7 +282,8 @@ class MemoryMaze(Env):
         else:
             mmaze_speedup.remove()
         self.speedup = bool(speedup)
-        self._env = getattr(tasks, fn_name)(seed=seed, **kwargs)
+        with _shared_wall_textures(tasks) if share_textures else contextlib.nullcontext():
+            self._env = getattr(tasks, fn_name)(seed=seed, **kwargs)
         if time_limit is not None:
             inner = _unwrap(self._env)
             if not hasattr(inner, '_time_limit'):
