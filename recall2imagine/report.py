@@ -55,10 +55,19 @@ def encode_gif(frames, fps=10, scale=1):
     return buf.getvalue()
 
 
-def frame_strip(frames, every=1, limit=16):
-    """frames [T, H, W, 3] -> one image [H, n*W, 3] of every `every`-th frame (at most `limit`)."""
-    picked = np.asarray(frames)[::every][:limit]
-    return np.concatenate(list(picked), 1)
+def frame_strip(truth, model, context, count=12):
+    """One sequence as a still: row 1 the true frames, row 2 the model's, at `count` evenly spaced
+    steps [T, H, W, C] -> [2H + 2, count * (W + 2), 3] uint8 (2-pixel gaps; model frames framed
+    green during context, red when imagined, as in the GIF)."""
+    truth, model = np.asarray(truth, np.uint8)[..., :3], np.asarray(model, np.uint8)[..., :3]
+    T, H, W, _ = truth.shape
+    steps = np.unique(np.linspace(0, T - 1, min(count, T)).round().astype(int))
+    framed = video_grid(truth[None], model[None], context)  # [T, H, 3W, 3]
+    out = np.full((2 * H + 2, len(steps) * (W + 2), 3), 255, np.uint8)
+    for i, t in enumerate(steps):
+        out[:H, i * (W + 2):i * (W + 2) + W] = framed[t, :, :W]
+        out[H + 2:, i * (W + 2):i * (W + 2) + W] = framed[t, :, W:2 * W]
+    return out, steps
 
 
 def plot_vectors(path, truth, model, context, title=''):
@@ -110,6 +119,11 @@ def openloop_report(agent, batch, key, context, outdir, step, logger=None, seque
                 f.write(gif)
             if logger is not None:
                 logger.video(f'openloop/{name}', gif, path, step)
+            from PIL import Image
+
+            strip, _ = frame_strip(truth[0], model[0], context)
+            Image.fromarray(strip).resize((strip.shape[1] * 2, strip.shape[0] * 2), Image.NEAREST).save(
+                os.path.join(outdir, f'openloop_{name}_{step}_strip.png'))
         else:
             if name == 'reward':
                 truth, model = truth[..., None], model[..., None]
