@@ -76,6 +76,12 @@ def run(cfg):
         raise configlib.ConfigError(f"--envs.parallel must be none or process, got {cfg.envs.parallel!r}")
     if cfg.envs.parallel == "process":  # each env in its own worker process, stepped concurrently
         from recall2imagine.envs.parallel import ProcessEnv as make_env  # noqa: F811 (same signature)
+    if parse_task(cfg.task)[0] == "memory_maze":  # ~0.6 GB per env: refuse before swapping or an OOM kill
+        from recall2imagine.envs.memory_maze import check_memory
+        try:
+            check_memory(cfg.envs.amount + (cfg.run.eval_eps > 0))
+        except MemoryError as e:
+            raise configlib.ConfigError(str(e)) from None
     backend = setup_jax(cfg)
     logdir = pathlib.Path(cfg.logdir or configlib.default_logdir(cfg)).expanduser()
     logdir.mkdir(parents=True, exist_ok=True)
@@ -83,12 +89,6 @@ def run(cfg):
     cfg.save(logdir / "config.yaml")
     print(f"logdir {logdir} | task {cfg.task} | backend {backend}", flush=True)
 
-    if parse_task(cfg.task)[0] == "memory_maze":  # ~0.6 GB per env: refuse before swapping or an OOM kill
-        from recall2imagine.envs.memory_maze import check_memory
-        try:
-            check_memory(cfg.envs.amount + (cfg.run.eval_eps > 0))
-        except MemoryError as e:
-            raise configlib.ConfigError(str(e)) from None
     # bsuite's own CSV log (from the first env) lets bsuite's analysis code score the run
     bsuite_dir = str(logdir / "bsuite") if parse_task(cfg.task)[0] == "bsuite" else None
     envs = [make_env(cfg.task, seed=cfg.seed * 1000 + i, length=cfg.envs.length,

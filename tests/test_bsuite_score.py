@@ -31,21 +31,23 @@ def chain(action):  # discounting_chain: the first action picks the chain
 
 @pytest.fixture(scope="module")
 def logs(tmp_path_factory):
+    """A sweep-shaped folder of bsuite logs: `<root>/<task>/seed<k>/bsuite/*.csv` plus config.yaml."""
     root = tmp_path_factory.mktemp("bsuite_logs")
+    plan = {  # bsuite id: (policy of seed 0, policy of seed 1, episodes)
+        "memory_len/0": (recall, recall, 40),
+        "memory_len/2": (recall, recall, 40),
+        "memory_len/3": (recall, forget, 40),
+        "memory_len/4": (forget, forget, 40),
+        # the bonus chain of discounting_chain/2 is action 2 (mapping_seed % 5)
+        "discounting_chain/2": (chain(2), chain(0), 12),
+    }
     runs = []
-    for seed in (0, 1):
-        for setting, policy in ((0, recall), (2, recall), (4, forget)):
-            d = root / f"memory_len_{setting}" / f"seed{seed}"
-            play(d, f"memory_len/{setting}", policy, 40)
+    for bsuite_id, (*policies, episodes) in plan.items():
+        for seed, policy in enumerate(policies):
+            d = sweep.run_dir(root, f"bsuite:{bsuite_id}", seed)
+            play(d, bsuite_id, policy, episodes)
+            (d / "config.yaml").write_text(f"task: bsuite:{bsuite_id}\nseed: {seed}\n")
             runs.append((seed, d))
-        # memory_len/3: seed 0 recalls, seed 1 forgets
-        d = root / "memory_len_3" / f"seed{seed}"
-        play(d, "memory_len/3", (recall, forget)[seed], 40)
-        runs.append((seed, d))
-        # discounting_chain/2: the bonus chain is action 2 (mapping_seed % 5); seed 1 takes chain 0
-        d = root / "discounting_chain_2" / f"seed{seed}"
-        play(d, "discounting_chain/2", chain((2, 0)[seed]), 12)
-        runs.append((seed, d))
     return root, runs
 
 
@@ -64,7 +66,7 @@ def test_scores_match_bsuite_analysis(logs):
     for name, analysis in (("memory_len", ml_analysis), ("discounting_chain", dc_analysis)):
         direct = []
         for seed in (0, 1):
-            dirs = [str(d / "bsuite") for s, d in runs if s == seed and name in d.parent.name]
+            dirs = [str(d / "bsuite") for s, d in runs if s == seed and f"_{name}_" in d.parent.name]
             df, _ = csv_load.load_bsuite(dirs)
             direct.append(analysis.score(df))
         assert exps[name]["score"] == pytest.approx(np.mean(direct))
@@ -97,8 +99,6 @@ def test_scores_match_bsuite_analysis(logs):
 
 def test_sweep_summary_and_cli(logs, tmp_path, capsys):
     root, runs = logs
-    for _, d in runs:
-        (d / "config.yaml").write_text(f"task: bsuite:{d.parent.name.replace('_', '/').replace('memory/len', 'memory_len').replace('discounting/chain', 'discounting_chain')}\n")
     assert sweep.main(["--summarize", str(root)]) == 0
     with open(root / "summary_bsuite.csv") as f:
         rows = list(csv.DictReader(f))
@@ -113,6 +113,7 @@ def test_sweep_summary_and_cli(logs, tmp_path, capsys):
 
     # the module's own CLI on two run dirs
     capsys.readouterr()
-    assert bsuite_score.main([str(root / "memory_len_3" / "seed0"), str(root / "memory_len_3" / "seed1" / "bsuite")]) == 0
+    assert bsuite_score.main([str(root / "bsuite_memory_len_3" / "seed0"),
+                              str(root / "bsuite_memory_len_3" / "seed1" / "bsuite")]) == 0
     out = capsys.readouterr().out
     assert "| memory_len/3 | memory_length=4 | 2 |" in out

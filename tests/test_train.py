@@ -49,6 +49,7 @@ def test_debug_run_writes_finite_metrics(tmp_path, configs, task, capsys):
     (["--configs", "debug", "--task", "atari:pong"], "suite"),
     (["--configs", "debug", "--jax.precision", "float8"], "float32"),
     (["--configs", "debug", "--jax.train_devices", "7"], "no such device; available on cpu: 0"),
+    (["--configs", "mmaze", "--envs.amount", "100000"], "Memory Maze envs need about"),
 ])
 def test_bad_input_one_line_error(argv, needle, tmp_path, capsys):
     code = train.main([*argv, "--logdir", str(tmp_path / "x")])
