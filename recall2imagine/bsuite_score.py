@@ -103,7 +103,8 @@ def load(runs):
             notes.append(f"no bsuite CSV in {run_dir}")
             continue
         if list(d.glob("*.csv.*.bak")):
-            notes.append(f"{run_dir} was restarted: its bsuite CSV holds only the episodes since the last start")
+            notes.append(f"{run_dir} was restarted: its bsuite CSV holds only the episodes since the "
+                         f"last start")
         dirs[str(d)] = seed
     if not dirs:
         return None, notes
@@ -217,8 +218,9 @@ def markdown(result) -> list[str]:
               "|---|---:|---:|---:|---|---:|"]
     for e in result["experiments"]:
         partial = " (partial)" if e["partial"] else ""
-        lines.append(f"| {e['experiment']} | {_fmt(e['score'])} [{_fmt(e['score_min'])}-{_fmt(e['score_max'])}] "
-                     f"| {e['seeds']} | {e['settings']} of {e['settings_total']}{partial} | {_fmt(e['finished'])} "
+        spread = f"[{_fmt(e['score_min'])}-{_fmt(e['score_max'])}]"
+        lines.append(f"| {e['experiment']} | {_fmt(e['score'])} {spread} | {e['seeds']} "
+                     f"| {e['settings']} of {e['settings_total']}{partial} | {_fmt(e['finished'])} "
                      f"| {_fmt(e.get('largest_solved'))} |")
     lines.append("")
     if any(e["partial"] for e in result["experiments"]):
@@ -229,21 +231,23 @@ def markdown(result) -> list[str]:
                   "the last logged episode.", ""]
     memory = [s for s in result["settings"] if "success_final" in s]
     if memory:
-        lines += [f"Memory settings, averaged over seeds: `success (final)` is the fraction of perfect episodes "
-                  f"over the last logged stretch of episodes (solved: >= {SOLVED_THRESHOLD}), `success (all)` "
+        lines += [f"Memory settings, averaged over seeds: `success (final)` is the fraction of perfect "
+                  f"episodes over the last logged stretch of episodes (solved: >= {SOLVED_THRESHOLD}), "
+                  f"`success (all)` "
                   f"over all episodes, `bsuite learned` the fraction of seeds for which bsuite's score "
                   f"counts the setting as learned.", "",
                   "| bsuite id | setting | seeds | episodes (min) | success (final) | success (all) | "
                   "bsuite learned | solved |",
                   "|---|---|---:|---:|---:|---:|---:|---|"]
         lines += [f"| {s['bsuite_id']} | {s['setting']} | {s['seeds']} | {s['episodes_min']} | "
-                  f"{_fmt(s['success_final'])} | {_fmt(s['success_cumulative'])} | {_fmt(s['setting_score'])} | "
-                  f"{_fmt(s['solved'])} |" for s in memory]
+                  f"{_fmt(s['success_final'])} | {_fmt(s['success_cumulative'])} | "
+                  f"{_fmt(s['setting_score'])} | {_fmt(s['solved'])} |" for s in memory]
         lines.append("")
     other = [s for s in result["settings"] if "success_final" not in s]
     if other:
         lines += ["Other settings: bsuite's score of each setting alone, averaged over seeds.", "",
-                  "| bsuite id | setting | seeds | episodes (min) | setting score |", "|---|---|---:|---:|---:|"]
+                  "| bsuite id | setting | seeds | episodes (min) | setting score |",
+                  "|---|---|---:|---:|---:|"]
         lines += [f"| {s['bsuite_id']} | {s['setting']} | {s['seeds']} | {s['episodes_min']} | "
                   f"{_fmt(s['setting_score'])} |" for s in other]
         lines.append("")

@@ -8,7 +8,10 @@ Each run trains in `<logdir>/<task>/seed<k>` (task with ':' and '/' made file-sa
 that finished has `done.json` and is skipped next time; a run that was interrupted or failed is
 started again and resumes from its last checkpoint. Ctrl-C stops the runs (each saves a
 checkpoint). At the end, `summary.csv` and `summary.md` list every task and seed with the mean
-return of the last `--last` episodes.
+return of the last `--last` episodes. For bsuite tasks they also get bsuite's own score per
+experiment (bsuite_score.py; `summary_bsuite.csv` has it per experiment and setting).
+
+  python -m recall2imagine.sweep --summarize ~/logdir/sweep    # rewrite the summary only
 """
 import argparse
 import concurrent.futures
@@ -84,6 +87,14 @@ def _run_one(job, stop):
     return "done"
 
 
+def _is_bsuite(task):
+    return task.startswith(("bsuite:", "dm_bsuite_"))
+
+
+def _bsuite_id(task):
+    return task[len("bsuite:"):] if task.startswith("bsuite:") else task[len("dm_bsuite_"):]
+
+
 def summarise(root, jobs, statuses, last):
     rows = []
     for job, status in zip(jobs, statuses):
@@ -91,6 +102,22 @@ def summarise(root, jobs, statuses, last):
         rows.append(dict(task=job["task"], seed=job["seed"], score=score, episodes=episodes, status=status,
                          logdir=str(job["dir"])))
     root = pathlib.Path(root)
+    bsuite_jobs = [job for job in jobs if _is_bsuite(job["task"])]
+    bsuite = None
+    if bsuite_jobs:  # bsuite's own score from bsuite's CSV logs, see bsuite_score.py
+        from recall2imagine import bsuite_score
+
+        try:
+            bsuite = bsuite_score.score([(job["seed"], job["dir"]) for job in bsuite_jobs])
+        except Exception as e:  # a broken log must not cost the rest of the summary
+            bsuite = dict(experiments=[], settings=[], runs=[], notes=[],
+                          error=f"bsuite score failed: {type(e).__name__}: {e}")
+        per_run = {(r["bsuite_id"], r["seed"]): r for r in bsuite["runs"]}
+        for job, row in zip(jobs, rows):
+            r = per_run.get((_bsuite_id(job["task"]), job["seed"]), {}) if _is_bsuite(job["task"]) else {}
+            row.update(bsuite_episodes=r.get("episodes", ""), bsuite_setting_score=r.get("setting_score", ""),
+                       bsuite_success_final=r.get("success_final", ""))
+        bsuite_score.write_csv(bsuite, root / "summary_bsuite.csv")
     with open(root / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -106,19 +133,48 @@ def summarise(root, jobs, statuses, last):
         lines.append(f"| {task} | {len(s)} | {np.nanmean(s) if np.isfinite(s).any() else float('nan'):.3f} | "
                      f"{np.nanmin(s) if np.isfinite(s).any() else float('nan'):.3f} | "
                      f"{np.nanmax(s) if np.isfinite(s).any() else float('nan'):.3f} |")
+    if bsuite is not None:
+        lines += [""] + bsuite_score.markdown(bsuite)
     (root / "summary.md").write_text("\n".join(lines) + "\n")
     return rows
 
 
+def existing_jobs(root):
+    """The runs of a sweep folder (`<root>/<task>/seed<k>` with the task in config.yaml), in task order."""
+    import yaml
+
+    jobs = []
+    for config in pathlib.Path(root).glob("*/seed*/config.yaml"):
+        m = re.fullmatch(r"seed(\d+)", config.parent.name)
+        task = (yaml.safe_load(config.read_text()) or {}).get("task") if m else None
+        if task:
+            jobs.append(dict(task=task, seed=int(m.group(1)), dir=config.parent))
+    natural = lambda text: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+    return sorted(jobs, key=lambda j: (natural(j["task"]), j["seed"]))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    p.add_argument("--configs", nargs="+", required=True)
-    p.add_argument("--tasks", nargs="+", required=True, help="task strings; `suite:exp/0-10` is a range")
+    p.add_argument("--configs", nargs="+")
+    p.add_argument("--tasks", nargs="+", help="task strings; `suite:exp/0-10` is a range")
     p.add_argument("--seeds", type=int, default=1, help="seeds 0 .. N-1 per task")
     p.add_argument("--workers", type=int, default=2, help="runs in parallel")
-    p.add_argument("--logdir", required=True)
+    p.add_argument("--logdir")
     p.add_argument("--last", type=int, default=50, help="episodes averaged for the final return")
+    p.add_argument("--summarize", metavar="DIR",
+                   help="only rewrite the summary of the sweep in DIR (no training)")
     args, extra = p.parse_known_args(argv)
+    if args.summarize:
+        jobs = existing_jobs(args.summarize)
+        if not jobs:
+            print(f"error: no runs (<task>/seed<k>/config.yaml) in {args.summarize}", file=sys.stderr)
+            return 2
+        statuses = ["done" if (j["dir"] / "done.json").exists() else "not finished" for j in jobs]
+        summarise(args.summarize, jobs, statuses, args.last)
+        print((pathlib.Path(args.summarize) / "summary.md").read_text(), flush=True)
+        return 0
+    if not (args.configs and args.tasks and args.logdir):
+        p.error("--configs, --tasks and --logdir are required (or --summarize DIR)")
     try:
         tasks = expand_tasks(args.tasks)
     except ValueError as e:

@@ -27,6 +27,10 @@ def test_two_tiny_runs_and_summary(tmp_path, capsys):
     assert "bsuite:memory_len/1" in md and "mean return" in md
     # bsuite's own CSV is there for its analysis code
     assert list((tmp_path / "bsuite_memory_len_0" / "seed0" / "bsuite").glob("*.csv"))
+    # ... and the summary has bsuite's score of it (tests/test_bsuite_score.py checks the numbers)
+    assert "| memory_len | " in md and "2 of 23 (partial)" in md and "| memory_len/1 | memory_length=2 |" in md
+    assert all(int(r["bsuite_episodes"]) > 0 for r in rows)
+    assert (tmp_path / "summary_bsuite.csv").exists()
     # a second call skips finished runs
     capsys.readouterr()
     assert sweep.main(argv) == 0
