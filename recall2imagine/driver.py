@@ -33,6 +33,10 @@ class Driver:
         self.worker_ids = np.arange(len(self.envs))
         self.reset_state()
 
+    def reset_policy_state(self):
+        """Forget the policy state only (e.g. when the policy changes); episodes in flight go on."""
+        self._state = None
+
     def reset_state(self):
         n = len(self.envs)
         self._state = None

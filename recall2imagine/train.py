@@ -238,7 +238,7 @@ def run(cfg):
         if len(replay) < fill:
             print(f"prefill {fill - len(replay)} steps with a random policy", flush=True)
             driver(random_policy(act_space, rng), steps=fill - len(replay), on_step=on_step, on_episode=on_episode)
-            driver.reset_state()
+            driver.reset_policy_state()  # the agent starts from its initial latent; episodes go on
         while counters["step"] < cfg.run.steps:
             driver(agent_policy, steps=min(len(envs) * 16, cfg.run.steps - counters["step"]),
                    on_step=train_on_step, on_episode=on_episode)

@@ -88,7 +88,12 @@ def test_driver_carries_state_and_partial_episodes():
     driver(policy, steps=2, on_episode=episodes.append)
     assert sorted(e['worker'] for e in episodes) == [0, 1]
     assert episodes[-1] == {'score': 1 + 2 + 3 + 1.0, 'length': 4, 'worker': 0}
-    driver.reset_state()
+    driver.reset_policy_state()  # a new policy: episodes in flight continue
+    assert driver._state is None
+    seen = []
+    driver(policy, steps=2, on_step=lambda tr, w: seen.append(tr['is_first']))
+    assert seen[0].tolist() == [True, False]  # env 0 had just ended its episode, env 1 goes on
+    driver.reset_state()  # everything: every env restarts
     assert driver._state is None
     seen = []
     driver(policy, steps=2, on_step=lambda tr, w: seen.append(tr['is_first']))
