@@ -96,6 +96,32 @@ class Env:
         return (env_low + (a + 1.0) * 0.5 * (env_high - env_low)).astype(np.float32)
 
 
+class DmEnv(Env):
+    """An Env over a dm_env environment ``self._env`` with one discrete action spec (offset
+    ``self._act_min``). Subclasses convert observations with ``_obs``. An episode ends at the
+    dm_env LAST step: terminal when its discount is 0, else a truncation (e.g. a time limit)."""
+
+    _done = True
+
+    def _obs(self, observation) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def reset(self):
+        ts = self._env.reset()
+        self._done = False
+        return self._pack(self._obs(ts.observation), 0.0, True, False, False)
+
+    def step(self, action):
+        if self._done:
+            raise RuntimeError('episode is over: call reset() before step()')
+        ts = self._env.step(self._discrete_action(action) + self._act_min)
+        last = bool(ts.last())
+        self._done = last
+        terminal = last and ts.discount is not None and float(ts.discount) == 0.0
+        reward = 0.0 if ts.reward is None else float(ts.reward)
+        return self._pack(self._obs(ts.observation), reward, False, last, terminal)
+
+
 class TimeLimit(Env):
     """Ends an episode after `length` steps as a truncation (is_last, not is_terminal)."""
 

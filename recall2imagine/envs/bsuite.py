@@ -14,7 +14,7 @@ import pathlib
 
 import numpy as np
 
-from recall2imagine.envs.base import ActSpace, Env
+from recall2imagine.envs.base import ActSpace, DmEnv
 
 
 def bsuite_ids() -> list[str]:
@@ -54,7 +54,7 @@ def _keep_old_csv(results_dir, bsuite_id):
         path.rename(path.with_name(f'{name}.{n}.bak'))
 
 
-class BSuite(Env):
+class BSuite(DmEnv):
     """One bsuite environment behind the common ``Env`` interface.
 
     bsuite_logdir: when given, bsuite's own CSV logging records the results
@@ -91,20 +91,8 @@ class BSuite(Env):
         self.num_episodes = int(getattr(self._env, 'bsuite_num_episodes', 0))
         self._done = True
 
-    def reset(self):
-        ts = self._env.reset()
-        self._done = False
-        return self._pack({'vector': _flatten(ts.observation)}, 0.0, True, False, False)
-
-    def step(self, action):
-        if self._done:
-            raise RuntimeError('episode is over: call reset() before step()')
-        ts = self._env.step(self._discrete_action(action) + self._act_min)
-        last = bool(ts.last())
-        self._done = last
-        terminal = last and ts.discount is not None and float(ts.discount) == 0.0
-        reward = 0.0 if ts.reward is None else float(ts.reward)
-        return self._pack({'vector': _flatten(ts.observation)}, reward, False, last, terminal)
+    def _obs(self, observation):
+        return {'vector': _flatten(observation)}
 
     def close(self):
         if hasattr(self._env, 'flush'):

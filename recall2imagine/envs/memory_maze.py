@@ -39,7 +39,7 @@ import types
 import numpy as np
 
 from recall2imagine.envs import mmaze_speedup
-from recall2imagine.envs.base import ActSpace, Env
+from recall2imagine.envs.base import ActSpace, DmEnv
 
 DEBIAN_PACKAGES = 'libegl1 libgl1 libosmesa6 libglfw3 libgl1-mesa-dri'
 GL_BACKENDS = ('egl', 'osmesa')
@@ -258,7 +258,7 @@ def check_memory(count: int, available: int | None = None) -> None:
             f'each) but {available / 2**30:.1f} GiB is available: use --envs.amount {fits} or fewer')
 
 
-class MemoryMaze(Env):
+class MemoryMaze(DmEnv):
     """One Memory Maze task behind the common ``Env`` interface.
 
     seed: seeds the maze layouts, target placement and spawn sequence.
@@ -315,21 +315,6 @@ class MemoryMaze(Env):
             else:
                 out[key] = np.asarray(observation[key], np.float32).ravel().copy()
         return out
-
-    def reset(self):
-        ts = self._env.reset()
-        self._done = False
-        return self._pack(self._obs(ts.observation), 0.0, True, False, False)
-
-    def step(self, action):
-        if self._done:
-            raise RuntimeError('episode is over: call reset() before step()')
-        ts = self._env.step(self._discrete_action(action) + self._act_min)
-        last = bool(ts.last())
-        self._done = last
-        terminal = last and ts.discount is not None and float(ts.discount) == 0.0
-        reward = 0.0 if ts.reward is None else float(ts.reward)
-        return self._pack(self._obs(ts.observation), reward, False, last, terminal)
 
     @property
     def dm_env(self):
