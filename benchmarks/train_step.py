@@ -228,8 +228,12 @@ def run_point(spec):
                 times.append(dt)
         return times, first
 
+    # Commit the initial state to the train device: the optimiser state from init is uncommitted, the
+    # step's outputs are committed, and that difference alone made the second call compile again.
     wm = jax.tree.map(lambda x: x, agent.state.wm)
-    carry = [wm, agent.wm_opt.init(eqx.filter(wm, eqx.is_array))]
+    dev = agent.train_devices[0]
+    carry = [jax.tree.map(lambda x: jax.device_put(x, dev) if eqx.is_array(x) else x, tree)
+             for tree in (wm, agent.wm_opt.init(eqx.filter(wm, eqx.is_array)))]
     dev_batch = jax.device_put(batch)
 
     def one_wm(key):
@@ -240,8 +244,7 @@ def run_point(spec):
                parallel=bool(agent.state.wm.rssm.parallel),
                device=f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
                precision=cfg.jax.precision, actor_inputs=",".join(cfg.actor.inputs),
-               encoder=("cnn " if agent.state.wm.encoder.cnn is not None else "")
-               + ("mlp" if agent.state.wm.encoder.mlp is not None else ""),
+               encoder="+".join(n for n in ("cnn", "mlp") if getattr(agent.state.wm.encoder, n) is not None),
                imag_starts=min(int(cfg.get("imag_starts", 0) or 0) or B * T, B * T), imag_horizon=cfg.imag_horizon)
     times, first = timed(one_wm)
     res.update(wm_ms=1e3 * statistics.median(times), wm_min_ms=1e3 * min(times), wm_first_s=first)
