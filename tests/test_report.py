@@ -1,14 +1,17 @@
 """Open-loop reports: predictions past the context ignore later observations; files have the right shape."""
 import jax
 import numpy as np
+import pytest
 from PIL import Image
 
 from recall2imagine.report import encode_gif, frame_strip, openloop_report, video_grid
 from tests.helpers import debug_agent, random_batch
 
 
-def test_openloop_ignores_observations_after_the_context():
-    cfg, env, agent = debug_agent()
+@pytest.mark.parametrize("core", [[], ["--rssm.core", "gru", "--actor.inputs", "deter,stoch",
+                                       "--critic.inputs", "deter,stoch"]], ids=["ssm", "gru"])
+def test_openloop_ignores_observations_after_the_context(core):
+    cfg, env, agent = debug_agent(*core)
     batch = random_batch(cfg, env, agent.act_dim, resets=False)
     context = 6
     first = agent.openloop(batch, jax.random.PRNGKey(0), context)
