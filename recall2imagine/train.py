@@ -254,13 +254,15 @@ def run(cfg):
         print("\ninterrupted: saving a checkpoint and the logs", flush=True)
     finally:
         progress.close()
-        write_logs()
-        save_checkpoint()
-        if hasattr(replay, "close"):  # lfs: flush the durable tier, stop its writer thread
-            replay.close()
-        logger.close()
-        for env in envs + ([eval_env] if eval_env is not None else []):
-            env.close()
+        try:  # an error here (e.g. the lfs_dir filled up) must not keep the logs and envs open
+            write_logs()
+            save_checkpoint()
+            if hasattr(replay, "close"):  # lfs: flush the durable tier, stop its writer thread
+                replay.close()
+        finally:
+            logger.close()
+            for env in envs + ([eval_env] if eval_env is not None else []):
+                env.close()
     mean = float(np.mean(scores)) if scores else float("nan")
     minutes = (time.time() - start) / 60
     print(f"{'stopped' if interrupted else 'done'}: {counters['step']} env steps, {counters['updates']} updates, "

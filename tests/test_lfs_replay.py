@@ -164,6 +164,8 @@ def test_unwritable_lfs_dir_and_flag_errors(tmp_path):
     r = make_replay('memory', 100, 2, use_lfs=True, lfs_dir=tmp_path / 'l')
     assert r.local_kind == 'memory'
     r.close()
+    with pytest.raises(ReplayError, match='--use_lfs is False: add --use_lfs True'):
+        make_replay('memory', 100, 2, lfs_dir=tmp_path / 'l')
     with pytest.raises(ReplayError, match='3 workers|envs.amount'):
         r = LfsReplay(tmp_path / 'l', 99, 3, local='memory')
         r.add({k: np.stack([_step(w, 0)[k] for w in range(3)]) for k in _step(0, 0)}, [0, 1, 2])

@@ -23,6 +23,9 @@ def make_replay(kind: str, capacity: int, num_workers: int, seed: int = 0, direc
             raise ReplayError('--replay lfs / disk needs a directory for its local tier (--replay_dir)')
         return LfsReplay(lfs_dir, capacity, num_workers, chunk=chunk, seed=seed, local=local,
                          local_dir=directory if local == 'disk' else None)
+    if lfs_dir:  # a durable directory that would silently not be used
+        raise ReplayError(f'--lfs_dir {lfs_dir} is set but --use_lfs is False: add --use_lfs True '
+                          '(or --replay lfs) to keep the replay there, or drop --lfs_dir')
     if kind == 'memory':
         return MemoryReplay(capacity, num_workers, seed=seed)
     if not directory:
