@@ -15,11 +15,22 @@ import os
 import numpy as np
 
 
-def video_grid(truth, model, context=None):
-    """truth, model [B, T, H, W, C] uint8 -> frames [T, B*H, 3*W, 3] uint8: truth | model | error.
+BAR = 4  # height of the context / imagination bar under the video grid and the strip
 
-    The model column gets a 1-pixel border, green during context (reconstruction) and red once it
-    imagines open loop, so a viewer can tell which frames saw observations."""
+
+def _bar_colors(T, context):
+    """[T, 3]: green while the model sees observations (t < context), red once it imagines."""
+    color = np.zeros((T, 3), np.uint8)
+    color[:context] = (0, 200, 0)
+    color[context:] = (220, 0, 0)
+    return color
+
+
+def video_grid(truth, model, context=None):
+    """truth, model [B, T, H, W, C] uint8 -> frames [T, B*H (+ BAR), 3*W, 3] uint8: truth | model |
+    error, one row per sequence. With `context`, a bar along the bottom is green while the model
+    reconstructs observed frames and red once it predicts open loop (the frames themselves are
+    left untouched: Memory Maze draws the target colour as a border in the image)."""
     truth, model = np.asarray(truth, np.uint8), np.asarray(model, np.uint8)
     if truth.shape != model.shape or truth.ndim != 5:
         raise ValueError(f'video_grid needs two [B, T, H, W, C] arrays of one shape, got {truth.shape}, {model.shape}')
@@ -27,19 +38,14 @@ def video_grid(truth, model, context=None):
         truth, model = np.repeat(truth, 3, -1), np.repeat(model, 3, -1)
     elif truth.shape[-1] != 3:  # several stacked images: show the first three channels
         truth, model = truth[..., :3], model[..., :3]
-    model = model.copy()
-    if context is not None:
-        T = truth.shape[1]
-        color = np.zeros((T, 3), np.uint8)
-        color[:context] = (0, 200, 0)
-        color[context:] = (220, 0, 0)
-        for edge in (np.s_[:, :, 0, :], np.s_[:, :, -1, :], np.s_[:, :, :, 0], np.s_[:, :, :, -1]):
-            view = model[edge]  # [B, T, W|H, 3]
-            model[edge] = np.broadcast_to(color[None, :, None, :], view.shape)
     error = (np.abs(truth.astype(np.int16) - model.astype(np.int16))).astype(np.uint8)
     row = np.concatenate([truth, model, error], 3)  # [B, T, H, 3W, 3]
     B, T, H, W3, C = row.shape
-    return row.transpose(1, 0, 2, 3, 4).reshape(T, B * H, W3, C)
+    frames = row.transpose(1, 0, 2, 3, 4).reshape(T, B * H, W3, C)
+    if context is None:
+        return frames
+    bar = np.broadcast_to(_bar_colors(T, context)[:, None, None, :], (T, BAR, W3, C))
+    return np.concatenate([frames, bar], 1)
 
 
 def encode_gif(frames, fps=10, scale=1):
@@ -57,16 +63,18 @@ def encode_gif(frames, fps=10, scale=1):
 
 def frame_strip(truth, model, context, count=12):
     """One sequence as a still: row 1 the true frames, row 2 the model's, at `count` evenly spaced
-    steps [T, H, W, C] -> [2H + 2, count * (W + 2), 3] uint8 (2-pixel gaps; model frames framed
-    green during context, red when imagined, as in the GIF)."""
+    steps [T, H, W, C] -> [2H + 2 + BAR, count * (W + 2), 3] uint8 (2-pixel gaps); under each model
+    frame a bar, green during context (reconstruction), red when imagined."""
     truth, model = np.asarray(truth, np.uint8)[..., :3], np.asarray(model, np.uint8)[..., :3]
     T, H, W, _ = truth.shape
     steps = np.unique(np.linspace(0, T - 1, min(count, T)).round().astype(int))
-    framed = video_grid(truth[None], model[None], context)  # [T, H, 3W, 3]
-    out = np.full((2 * H + 2, len(steps) * (W + 2), 3), 255, np.uint8)
+    colors = _bar_colors(T, context)
+    out = np.full((2 * H + 2 + BAR, len(steps) * (W + 2), 3), 255, np.uint8)
     for i, t in enumerate(steps):
-        out[:H, i * (W + 2):i * (W + 2) + W] = framed[t, :, :W]
-        out[H + 2:, i * (W + 2):i * (W + 2) + W] = framed[t, :, W:2 * W]
+        x = i * (W + 2)
+        out[:H, x:x + W] = truth[t]
+        out[H + 2:2 * H + 2, x:x + W] = model[t]
+        out[2 * H + 2:, x:x + W] = colors[t]
     return out, steps
 
 

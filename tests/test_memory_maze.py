@@ -160,7 +160,7 @@ def test_mmaze_small_trains_and_writes_openloop_video(tmp_path):
     assert gifs
     with Image.open(gifs[-1]) as gif:
         assert gif.n_frames == 16  # batch_length
-        assert gif.size == (3 * 64, 4 * 64)  # (truth | model | error) x batch_size rows
+        assert gif.size == (3 * 64, 4 * 64 + 4)  # (truth | model | error) x batch_size rows, context bar
     assert any('openloop/image_mse' in r for r in rows)
     # the evaluation episode (40 steps with --envs.length 40: the reset frame + 40) as a GIF
     assert any(r.get('eval/length') == 40 for r in rows)

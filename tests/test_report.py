@@ -38,15 +38,20 @@ def test_vector_report_writes_plots(tmp_path):
 def test_video_grid_strip_and_gif():
     rng = np.random.default_rng(0)
     truth = rng.integers(0, 255, (2, 5, 8, 8, 3)).astype(np.uint8)
-    frames = video_grid(truth, truth, context=2)
-    assert frames.shape == (5, 16, 24, 3)
-    assert (frames[:, 1:7, 17:23] == 0).all()  # error column: zero inside the model's border
-    inner = frames[:, 1:7, 9:15]  # the model's frame inside its border equals the truth's
-    np.testing.assert_array_equal(inner, frames[:, 1:7, 1:7])
-    assert (frames[1, 0, 8:16] == (0, 200, 0)).all() and (frames[3, 0, 8:16] == (220, 0, 0)).all()
-    strip, steps = frame_strip(truth[0], truth[0], 2, count=3)
-    assert steps.tolist() == [0, 2, 4] and strip.shape == (18, 30, 3)
+    model = truth.copy()
+    model[1, :, :4] = 0  # sequence 1: the model gets the top half wrong
+    frames = video_grid(truth, model, context=2)
+    assert frames.shape == (5, 2 * 8 + 4, 24, 3)  # rows of truth | model | error, then the bar
+    np.testing.assert_array_equal(frames[:, :8, :8], truth[0])
+    np.testing.assert_array_equal(frames[:, 8:16, 8:16], model[1])
+    assert (frames[:, :8, 16:] == 0).all()  # sequence 0 is exact: no error
+    np.testing.assert_array_equal(frames[:, 8:12, 16:], truth[1, :, :4])  # |truth - 0|
+    assert (frames[1, 16:] == (0, 200, 0)).all() and (frames[3, 16:] == (220, 0, 0)).all()
+    strip, steps = frame_strip(truth[0], model[0], 2, count=3)
+    assert steps.tolist() == [0, 2, 4] and strip.shape == (2 * 8 + 2 + 4, 30, 3)
+    np.testing.assert_array_equal(strip[:8, 10:18], truth[0, 2])
+    assert (strip[18:, :8] == (0, 200, 0)).all() and (strip[18:, 20:28] == (220, 0, 0)).all()
     gif = encode_gif(frames, fps=5, scale=2)
     import io
     with Image.open(io.BytesIO(gif)) as im:
-        assert im.n_frames == 5 and im.size == (48, 32)
+        assert im.n_frames == 5 and im.size == (48, 40)
