@@ -103,8 +103,8 @@ def load(runs):
             notes.append(f"no bsuite CSV in {run_dir}")
             continue
         if list(d.glob("*.csv.*.bak")):
-            notes.append(f"{run_dir} was restarted: its bsuite CSV holds only the episodes since the "
-                         f"last start")
+            notes.append(f"{run_dir} was resumed: its bsuite CSV was continued from the last row logged "
+                         f"before the stop (episodes after that row are not counted)")
         dirs[str(d)] = seed
     if not dirs:
         return None, notes

@@ -223,18 +223,28 @@ def test_list_cli(capsys):
     assert main(['--list', 'nope']) == 2
 
 
-def test_bsuite_csv_of_a_restarted_run_is_kept(tmp_path):
+def test_bsuite_csv_of_a_restarted_run_continues(tmp_path):
     import glob
 
-    for _ in range(2):
+    import pandas as pd
+
+    def episodes(n):
         env = make_env('bsuite:memory_len/0', bsuite_logdir=str(tmp_path))
-        obs = env.reset()
-        while not obs['is_last']:
-            obs = env.step(0)
+        for _ in range(n):
+            obs = env.reset()
+            while not obs['is_last']:
+                obs = env.step(0)
         env.close()
+
+    episodes(3)  # bsuite logs every episode up to 10
+    episodes(2)  # a resumed run: the log goes on at episode 4
     csvs = sorted(glob.glob(str(tmp_path / '*.csv')))
     baks = sorted(glob.glob(str(tmp_path / '*.bak')))
     assert len(csvs) == 1 and len(baks) == 1, (csvs, baks)
+    df = pd.read_csv(csvs[0])
+    assert df['episode'].tolist() == [1, 2, 3, 4, 5]
+    assert df['steps'].is_monotonic_increasing and df['steps'].iloc[-1] == 5 * df['steps'].iloc[0]
+    assert len(pd.read_csv(baks[0])) == 3
 
 
 def test_time_limit_truncates():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import pathlib
+import sys
 
 import numpy as np
 
@@ -39,28 +40,46 @@ def _spec_size(spec) -> int:
     return int(np.prod(spec.shape))
 
 
-def _keep_old_csv(results_dir, bsuite_id):
-    """bsuite's CSV logger overwrites its file; a restarted run moves the old one aside instead
-    (as `<name>.csv.<n>.bak`, which bsuite's loaders ignore) so no recorded episode is lost."""
+def _csv_path(results_dir, bsuite_id) -> pathlib.Path:
     from bsuite.logging import csv_logging
     from bsuite.sweep import SEPARATOR
 
     name = f'{csv_logging.BSUITE_PREFIX}{bsuite_id.replace(SEPARATOR, csv_logging.SAFE_SEPARATOR)}.csv'
-    path = pathlib.Path(results_dir) / name
-    if path.exists():
-        n = 1
-        while path.with_name(f'{name}.{n}.bak').exists():
-            n += 1
-        path.rename(path.with_name(f'{name}.{n}.bak'))
+    return pathlib.Path(results_dir) / name
+
+
+def _keep_old_csv(path: pathlib.Path):
+    """bsuite's CSV logger overwrites its file: keep a copy of an earlier run segment's file as
+    `<name>.csv.<n>.bak` (bsuite's loaders ignore it) before the log is continued."""
+    n = 1
+    while path.with_name(f'{path.name}.{n}.bak').exists():
+        n += 1
+    backup = path.with_name(f'{path.name}.{n}.bak')
+    backup.write_bytes(path.read_bytes())
+    return backup
+
+
+def _continue_log(env, rows):
+    """Continue bsuite's logging wrapper from the rows an earlier run segment wrote: the episode,
+    step and return counters go on from the last row, so bsuite's analysis sees one run. (Episodes
+    that ended after the last logged row of the earlier segment are not counted: bsuite logs at
+    logarithmically spaced episodes.)"""
+    last = rows[-1]
+    env._steps = int(last['steps'])
+    env._episode = int(last['episode'])
+    env._total_return = float(last['total_return'])
+    env._logger._data = list(rows)
 
 
 class BSuite(DmEnv):
     """One bsuite environment behind the common ``Env`` interface.
 
     bsuite_logdir: when given, bsuite's own CSV logging records the results
-      there (``bsuite_id=<experiment>-<setting>.csv``, overwritten), so that
+      there (``bsuite_id=<experiment>-<setting>.csv``), so that
       ``bsuite.logging.csv_load.load_bsuite(bsuite_logdir)`` and bsuite's
-      analysis can score the run. Use it for one env per bsuite id only.
+      analysis can score the run. A file from an earlier segment of the run
+      (a resume) is continued: its counters go on. Use it for one env per
+      bsuite id only.
     """
 
     def __init__(self, bsuite_id: str, seed: int = 0, bsuite_logdir=None, quiet: bool = True):
@@ -72,10 +91,12 @@ class BSuite(DmEnv):
         try:
             with ctx:
                 if bsuite_logdir is not None:
-                    _keep_old_csv(bsuite_logdir, bsuite_id)
+                    rows = self._earlier_rows(_csv_path(bsuite_logdir, bsuite_id))
                     self._env = bsuite.load_and_record_to_csv(
                         bsuite_id, results_dir=str(bsuite_logdir), overwrite=True
                     )
+                    if rows:
+                        _continue_log(self._env, rows)
                 else:
                     self._env = bsuite.load_from_id(bsuite_id)
         except OSError as e:  # mnist* download their data set on construction
@@ -90,6 +111,22 @@ class BSuite(DmEnv):
         # Number of episodes bsuite's protocol runs this setting for.
         self.num_episodes = int(getattr(self._env, 'bsuite_num_episodes', 0))
         self._done = True
+
+    @staticmethod
+    def _earlier_rows(path: pathlib.Path):
+        """Rows of an earlier run segment's CSV (kept as a .bak copy too), or [] if none/unreadable."""
+        if not path.exists():
+            return []
+        _keep_old_csv(path)
+        try:
+            import pandas as pd
+
+            rows = pd.read_csv(path).to_dict('records')
+        except Exception as e:  # noqa: BLE001 - a damaged log must not stop the run
+            print(f'warning: bsuite log {path} unreadable ({type(e).__name__}); starting a new one '
+                  f'(the old one is kept as .bak)', file=sys.stderr, flush=True)
+            return []
+        return rows if rows and {'steps', 'episode', 'total_return'} <= set(rows[0]) else []
 
     def _obs(self, observation):
         return {'vector': _flatten(observation)}
