@@ -1,0 +1,284 @@
+"""The training loop: envs -> driver -> replay -> agent.train -> logger, with checkpoints,
+evaluation episodes and open-loop reports. `recall2imagine.train` parses the command line and
+runs `Trainer(cfg, backend).run()`.
+"""
+import collections
+import pathlib
+import sys
+import time
+
+import jax
+import numpy as np
+
+from recall2imagine import config as configlib
+from recall2imagine.agent import Agent
+from recall2imagine.checkpoint import Checkpointer, CheckpointError, config_hash
+from recall2imagine.driver import Driver
+from recall2imagine.envs import make_env, parse_task
+from recall2imagine.logging import Logger, Progress, check_outputs
+from recall2imagine.replay import make_replay
+from recall2imagine.report import openloop_report, write_episode_video
+
+
+def warn(message):
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def random_policy(act_space, rng):
+    def policy(obs, state):
+        n = len(obs["is_first"])
+        if act_space.discrete:
+            action = np.eye(act_space.n, dtype=np.float32)[rng.integers(0, act_space.n, n)]
+        else:
+            action = rng.uniform(-1, 1, (n, act_space.n)).astype(np.float32)
+        return {"action": action}, state
+    return policy
+
+
+def env_factory(cfg):
+    """make_env, or ProcessEnv (same signature) with `--envs.parallel process`; checks RAM first
+    for Memory Maze (~0.6 GB per env)."""
+    if cfg.envs.parallel not in ("none", "process"):
+        raise configlib.ConfigError(f"--envs.parallel must be none or process, got {cfg.envs.parallel!r}")
+    if parse_task(cfg.task)[0] == "memory_maze":  # refuse before swapping or an OOM kill
+        from recall2imagine.envs.memory_maze import check_memory
+        try:
+            check_memory(cfg.envs.amount + (cfg.run.eval_eps > 0))
+        except MemoryError as e:
+            raise configlib.ConfigError(str(e)) from None
+    if cfg.envs.parallel == "process":  # each env in its own worker process, stepped concurrently
+        from recall2imagine.envs.parallel import ProcessEnv
+        return ProcessEnv
+    return make_env
+
+
+class Trainer:
+    """Builds everything from a config and runs the loop. `should_stop()` is polled between env
+    steps (a safe point: no update in flight); when it returns True the run saves and ends."""
+
+    def __init__(self, cfg, backend, should_stop=lambda: False):
+        # jsonl always; W&B also when a run name is given
+        outputs = check_outputs(dict.fromkeys(("jsonl", *cfg.run.loggers, *(("wandb",) if cfg.wdb_name else ()))))
+        new_env = env_factory(cfg)
+        self.logdir = logdir = pathlib.Path(cfg.logdir or configlib.default_logdir(cfg)).expanduser()
+        logdir.mkdir(parents=True, exist_ok=True)
+        self.cfg = cfg = cfg.update({"logdir": str(logdir)})
+        cfg.save(logdir / "config.yaml")
+        print(f"logdir {logdir} | task {cfg.task} | backend {backend}", flush=True)
+        self.should_stop = should_stop
+
+        # bsuite's own CSV log (from the first env) lets bsuite's analysis code score the run
+        bsuite_dir = str(logdir / "bsuite") if parse_task(cfg.task)[0] == "bsuite" else None
+        self.envs, self.eval_env = [], None
+        try:
+            for i in range(cfg.envs.amount):
+                self.envs.append(new_env(cfg.task, seed=cfg.seed * 1000 + i, length=cfg.envs.length,
+                                         bsuite_logdir=bsuite_dir if i == 0 else None))
+            if cfg.run.eval_eps > 0:
+                self.eval_env = new_env(cfg.task, seed=cfg.seed * 1000 + 999, length=cfg.envs.length)
+            self.act_space = self.envs[0].act_space
+            self.replay = make_replay(cfg.replay, cfg.replay_size, len(self.envs), seed=cfg.seed,
+                                      directory=cfg.replay_dir or logdir / "replay",
+                                      use_lfs=cfg.use_lfs, lfs_dir=cfg.lfs_dir, chunk=cfg.batch_length)
+        except BaseException:
+            self._close_envs()
+            raise
+        try:
+            self._build(cfg, outputs)
+        except BaseException:  # e.g. a bad config value in the agent: no worker or lock left behind
+            self._close_envs()
+            if hasattr(self.replay, "close"):
+                self.replay.close()
+            raise
+
+    def _build(self, cfg, outputs):
+        logdir = self.logdir
+        self.agent = Agent(cfg, self.envs[0].obs_space, self.act_space, jax.random.PRNGKey(cfg.seed))
+        self.driver = Driver(self.envs)
+        self.progress = Progress(cfg.run.steps, sys.stdout)  # live status line on a terminal, silent otherwise
+        self.logger = Logger(logdir, outputs + ("console",), wandb_name=cfg.wdb_name, config=cfg.to_dict(),
+                             console=self.progress.println)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.key = jax.random.PRNGKey(cfg.seed + 1)
+        self.counters = dict(step=0, updates=0, owed=0.0)
+        # with the LFS replay the checkpoints live in the durable tier too, so a restart with a
+        # fresh logdir resumes
+        durable = getattr(self.replay, "lfs_dir", None)
+        self.ckpt = Checkpointer((durable or logdir) / "checkpoints", keep=cfg.run.keep_checkpoints)
+        self.config_hash = config_hash({k: v for k, v in cfg.flat().items() if not k.startswith("run.")})
+        self.resume()
+        self.counters.setdefault("next_report", cfg.run.report_every)
+        self.counters.setdefault("next_eval", cfg.run.eval_every)
+        self.batch_steps = cfg.batch_size * cfg.batch_length
+        self.scores = collections.deque(maxlen=50)
+        self.pending = []  # device metrics not yet fetched
+        now = time.time()
+        self.last = dict(time=now, save=now, step=self.counters["step"], updates=self.counters["updates"])
+
+    def next_key(self):
+        self.key, sub = jax.random.split(self.key)
+        return sub
+
+    # ------------------------------------------------------------ checkpoints
+
+    def resume(self):
+        """Restore the newest intact checkpoint: model, optimisers, replay, counters, RNG state."""
+        restored = self.ckpt.load_latest({"agent": self.agent.state, "key": self.key}, extra=self.replay.load)
+        if not restored:
+            return
+        _, tree, meta = restored
+        self.agent.state, self.key = tree["agent"], tree["key"]  # the setter places it on the train devices
+        self.counters.update(meta["counters"])
+        self.rng.bit_generator.state = meta["np_rng"]
+        print(f"resumed from {self.ckpt.loaded} at step {self.counters['step']} ({len(self.replay)} replay steps)",
+              flush=True)
+        if meta.get("config_hash") != self.config_hash:
+            warn("the config differs from the checkpoint's; continuing with the new one")
+
+    def save_checkpoint(self):
+        meta = dict(counters=dict(self.counters), np_rng=self.rng.bit_generator.state,
+                    config_hash=self.config_hash, replay=self.replay.info())
+        try:
+            self.ckpt.save(self.counters["step"], {"agent": self.agent.state, "key": self.key}, meta,
+                           extra=self.replay.save)
+        except CheckpointError as e:  # e.g. disk full: keep training, keep the older checkpoints
+            warn(str(e))
+        except RuntimeError as e:  # agent state lost mid-update (a second Ctrl-C): keep the old ones
+            warn(f"no checkpoint written ({str(e).splitlines()[0]}); the previous one is kept")
+        self.last["save"] = time.time()
+
+    # ------------------------------------------------------------ driver callbacks
+
+    def on_step(self, tran, workers):
+        if self.should_stop():  # a safe point: no update in flight, the transition not yet stored
+            raise KeyboardInterrupt
+        self.replay.add(tran, workers)
+        self.counters["step"] += len(workers)
+        self.progress.update(self.counters["step"], self.counters["updates"], self.scores)
+
+    def on_episode(self, ep):
+        self.scores.append(ep["score"])
+        self.logger.add({"episode/score": ep["score"], "episode/length": ep["length"]})
+        self.logger.episode(self.counters["step"], ep["score"], ep["length"])
+
+    def train_on_step(self, tran, workers):
+        """Store the step, then owe `train_ratio / (B T)` updates per env step and pay them."""
+        cfg, counters = self.cfg, self.counters
+        self.on_step(tran, workers)
+        counters["owed"] += len(workers) * cfg.run.train_ratio / self.batch_steps
+        while counters["owed"] >= 1.0:
+            batch = self.replay.sample(cfg.batch_size, cfg.batch_length)
+            self.pending.append(self.agent.train(batch, self.next_key()))
+            counters["owed"] -= 1.0
+            counters["updates"] += 1
+        if time.time() - self.last["time"] >= cfg.run.log_every:
+            self.write_logs()
+        if time.time() - self.last["save"] >= cfg.run.save_every:
+            self.save_checkpoint()
+
+    def policy(self, obs, pstate, mode="train"):
+        action, pstate = self.agent.policy(obs, pstate, self.next_key(), mode=mode)
+        return {"action": action}, pstate
+
+    # ------------------------------------------------------------ outputs
+
+    def write_logs(self):
+        now, counters = time.time(), self.counters
+        for metrics in jax.device_get(self.pending):
+            self.logger.add({k: float(v) for k, v in metrics.items()}, prefix="train")
+        self.pending.clear()
+        dt = max(now - self.last["time"], 1e-9)
+        self.logger.add({"fps": (counters["step"] - self.last["step"]) / dt,
+                         "train_steps_per_sec": (counters["updates"] - self.last["updates"]) / dt,
+                         "replay/size": len(self.replay), "train/updates": counters["updates"]})
+        self.logger.write(counters["step"])
+        self.last.update(time=now, step=counters["step"], updates=counters["updates"])
+
+    def evaluate(self):
+        """`run.eval_eps` greedy episodes on a separate env, logged as eval/*, not added to the replay;
+        on image tasks the first becomes videos/eval_<step>.gif."""
+        returns, lengths, frames = [], [], []
+
+        def on_eval_step(tran, workers):
+            if not returns and "image" in tran:
+                frames.append(np.asarray(tran["image"][0]))
+
+        def on_eval_episode(ep):
+            returns.append(ep["score"])
+            lengths.append(ep["length"])
+
+        driver = Driver([self.eval_env])
+        while len(returns) < self.cfg.run.eval_eps:
+            driver(lambda obs, s: self.policy(obs, s, mode="eval"), steps=1, on_step=on_eval_step,
+                   on_episode=on_eval_episode)
+        self.logger.add({"eval/score": float(np.mean(returns)), "eval/length": float(np.mean(lengths))})
+        if frames:
+            try:
+                write_episode_video(self.logger, self.logdir / "videos", self.counters["step"], frames)
+            except OSError as e:
+                warn(f"evaluation video not written ({e})")
+        self.counters["next_eval"] = self.counters["step"] + self.cfg.run.eval_every
+
+    def report(self):
+        """Open-loop predictions of a replay batch: GIFs (images) / PNG plots (vectors) in <logdir>/videos."""
+        cfg = self.cfg
+        try:
+            context = min(cfg.run.report_context, cfg.batch_length - 1)
+            openloop_report(self.agent, self.replay.sample(cfg.batch_size, cfg.batch_length), self.next_key(),
+                            context, self.logdir / "videos", self.counters["step"], self.logger)
+        except (OSError, ValueError) as e:  # a report must never stop training
+            warn(f"open-loop report skipped ({e})")
+        self.counters["next_report"] = self.counters["step"] + cfg.run.report_every
+
+    # ------------------------------------------------------------ the loop
+
+    def run(self):
+        """Prefill, then act and train until run.steps; returns the mean of the last 50 episode returns."""
+        cfg, counters, driver = self.cfg, self.counters, self.driver
+        fill = cfg.run.train_fill or max(self.batch_steps, cfg.batch_length * len(self.envs))
+        start, interrupted = time.time(), False
+        try:
+            if len(self.replay) < fill:
+                print(f"prefill {fill - len(self.replay)} steps with a random policy", flush=True)
+                driver(random_policy(self.act_space, self.rng), steps=fill - len(self.replay),
+                       on_step=self.on_step, on_episode=self.on_episode)
+                driver.reset_policy_state()  # the agent starts from its initial latent; episodes go on
+            while counters["step"] < cfg.run.steps:
+                driver(self.policy, steps=min(len(self.envs) * 16, cfg.run.steps - counters["step"]),
+                       on_step=self.train_on_step, on_episode=self.on_episode)
+                if self.eval_env is not None and counters["step"] >= counters["next_eval"]:
+                    self.evaluate()
+                if cfg.run.report_every and counters["step"] >= counters["next_report"]:
+                    self.report()
+            if cfg.run.report_every and counters["updates"]:  # the final model's predictions
+                self.report()
+        except KeyboardInterrupt:
+            interrupted = True
+            self.progress.close()
+            print("\ninterrupted: saving a checkpoint and the logs", flush=True)
+        finally:
+            self.close()
+        mean = float(np.mean(self.scores)) if self.scores else float("nan")
+        minutes = (time.time() - start) / 60
+        print(f"{'stopped' if interrupted else 'done'}: {counters['step']} env steps, {counters['updates']} "
+              f"updates, {minutes:.1f} min | mean return over last {len(self.scores)} episodes: {mean:.3f} | "
+              f"logs: {self.logdir}", flush=True)
+        print(self.logger.summary(), flush=True)
+        return mean
+
+    def close(self):
+        """Final logs and checkpoint; an error there (e.g. the lfs_dir filled up) still closes the
+        logs and the envs."""
+        self.progress.close()
+        try:
+            self.write_logs()
+            self.save_checkpoint()
+            if hasattr(self.replay, "close"):  # lfs: flush the durable tier, stop its writer thread
+                self.replay.close()
+        finally:
+            self.logger.close()
+            self._close_envs()
+
+    def _close_envs(self):
+        for env in self.envs + ([self.eval_env] if self.eval_env is not None else []):
+            env.close()
