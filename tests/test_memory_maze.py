@@ -192,3 +192,33 @@ def test_memory_check_says_how_many_envs_fit():
     mm.check_memory(2, available=10 * 2**30)
     with pytest.raises(MemoryError, match='use --envs.amount 16 or fewer'):
         mm.check_memory(40, available=10 * 2**30)
+
+
+def test_render_cache_gives_identical_frames_across_episodes():
+    """The cached camera renders what dm-control's fresh camera per frame renders, over episodes
+    with new maze models, and every frame is its own array."""
+    from dm_control.mujoco import engine
+
+    def rollout():
+        env = mm.MemoryMaze('MemoryMaze-9x9-v0', seed=2, time_limit=5)  # 20 steps per episode
+        rng = np.random.default_rng(0)
+        frames = [env.reset()['image']]
+        for _ in range(50):
+            obs = env.step(int(rng.integers(0, 6)))
+            frames.append(obs['image'])
+            if obs['is_last']:
+                frames.append(env.reset()['image'])
+        env.close()
+        return frames
+
+    mmaze_speedup.apply(force=True)
+    cached = rollout()
+    assert engine.Physics.render is mmaze_speedup._render
+    try:
+        engine.Physics.render = mmaze_speedup._ORIGINAL_RENDER[0]
+        fresh = rollout()
+    finally:
+        assert mmaze_speedup.apply(force=True) and engine.Physics.render is mmaze_speedup._render
+    assert len(cached) == len(fresh) == 53
+    np.testing.assert_array_equal(np.stack(cached), np.stack(fresh))
+    assert not any(np.shares_memory(a, b) for a, b in zip(cached[:-1], cached[1:]))

@@ -9,7 +9,9 @@ arrays (``geom1``/``geom2``) with numpy: the activation state, the material alph
 it changes and therefore rewards and images are unchanged (tests/test_memory_maze.py
 compares patched and unpatched rollouts).
 
-``apply()`` patches the class once (idempotent); ``remove()`` restores the original.
+A second patch keeps dm-control's render ``Camera`` across frames (``_render``), ~17% more
+steps/s with identical frames. ``apply()`` patches both (idempotent); ``remove()`` restores
+the originals.
 The environment variable ``R2I_MMAZE_SPEEDUP=0`` makes ``apply()`` a no-op.
 """
 
@@ -54,23 +56,59 @@ def _target_class():
 
 
 def is_applied() -> bool:
+    from dm_control.mujoco import engine
+
     cls = _target_class()
-    return cls.__dict__.get('_update_activation') is _update_activation
+    return cls.__dict__.get('_update_activation') is _update_activation and engine.Physics.render is _render
+
+
+def _render(self, height=240, width=320, camera_id=-1, overlays=(), depth=False, segmentation=False,
+            scene_option=None, render_flag_overrides=None, scene_callback=None):
+    """``Physics.render`` that keeps its ``Camera`` (scene, buffers) while the model stays the same.
+
+    dm-control builds a new ``Camera`` (and allocates an ``MjvScene``) for every frame; Memory Maze
+    renders one frame per step with the same camera. Plain RGB renders reuse one camera per
+    (model, size, camera id); anything else goes to the original method. The image is copied out
+    of the camera's buffer, so earlier observations never change."""
+    from dm_control.mujoco import engine
+
+    if overlays or depth or segmentation or scene_option is not None or render_flag_overrides or scene_callback:
+        return _ORIGINAL_RENDER[0](self, height, width, camera_id, overlays, depth, segmentation, scene_option,
+                                   render_flag_overrides, scene_callback)
+    model = self.model.ptr
+    cache = self.__dict__.get('_r2i_cameras')
+    if cache is None or cache[0] is not model:  # a new or recompiled model: drop the old scenes
+        if cache is not None:
+            for camera in cache[1].values():
+                camera._scene.free()
+        cache = self.__dict__['_r2i_cameras'] = (model, {})
+    key = (height, width, camera_id)
+    camera = cache[1].get(key)
+    if camera is None:
+        camera = cache[1][key] = engine.Camera(physics=self, height=height, width=width, camera_id=camera_id)
+    return np.array(camera.render(), copy=True)
+
+
+_ORIGINAL_RENDER = []
 
 
 def apply(force: bool = False) -> bool:
-    """Patches ``TargetSphere._update_activation``; returns whether the patch is active.
+    """Patches ``TargetSphere._update_activation`` and ``Physics.render``; returns whether the
+    patches are active.
 
     Does nothing (and returns False) when ``R2I_MMAZE_SPEEDUP=0`` unless ``force``.
     """
     if not force and not enabled_by_env():
         return is_applied()
     cls = _target_class()
-    if is_applied():
-        return True
     if not hasattr(cls, _ORIGINAL_ATTR):
         setattr(cls, _ORIGINAL_ATTR, cls.__dict__['_update_activation'])
     cls._update_activation = _update_activation
+    from dm_control.mujoco import engine
+
+    if not _ORIGINAL_RENDER:
+        _ORIGINAL_RENDER.append(engine.Physics.render)
+    engine.Physics.render = _render
     return True
 
 
@@ -80,3 +118,7 @@ def remove() -> None:
     original = cls.__dict__.get(_ORIGINAL_ATTR)
     if original is not None:
         cls._update_activation = original
+    if _ORIGINAL_RENDER:
+        from dm_control.mujoco import engine
+
+        engine.Physics.render = _ORIGINAL_RENDER[0]
