@@ -8,6 +8,7 @@ actor-critic) -> logger. This module parses the command line, picks the JAX plat
 """
 import os
 import pathlib
+import re
 import signal
 import sys
 import threading
@@ -79,6 +80,16 @@ def main(argv=None):
     except (configlib.ConfigError, ValueError) as e:  # bad flag, unknown task, ...: one line, says what to do
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # jax's XlaRuntimeError is one
+        text = " ".join(str(e).split())
+        if "RESOURCE_EXHAUSTED" not in text:
+            raise
+        need = re.search(r"allocating (\d+) bytes", text)
+        need = f" (one buffer of {int(need.group(1)) / 2**30:.1f} GiB)" if need else ""
+        print(f"error: out of memory on the device{need}: lower --batch_size / --batch_length, "
+              f"--imag_starts or the model size (e.g. --configs ... cpu / mmaze_small), or use a larger device; "
+              f"the last checkpoint is kept", file=sys.stderr)
+        return 3
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -65,3 +65,16 @@ def test_script_entry_point_runs_as_file(tmp_path):
                          capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
     assert out.returncode == 0, out.stderr
     assert "rssm.deter" in out.stdout
+
+
+def test_device_out_of_memory_is_one_line(monkeypatch, capsys):
+    def oom(cfg):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 50131546216 bytes.\nmore")
+
+    monkeypatch.setattr(train, "run", oom)
+    assert train.main(["--configs", "debug"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: out of memory on the device (one buffer of 46.7 GiB)") and "\n" not in err
+    monkeypatch.setattr(train, "run", lambda cfg: (_ for _ in ()).throw(RuntimeError("other")))
+    with pytest.raises(RuntimeError, match="other"):
+        train.main(["--configs", "debug"])
