@@ -34,6 +34,11 @@ def rss_mib() -> float:
     return float('nan')
 
 
+def allocated_bytes(directory) -> int:
+    """Disk blocks actually allocated by the files in `directory` (sparse files count what is written)."""
+    return sum(p.stat().st_blocks * 512 for p in pathlib.Path(directory).iterdir())
+
+
 def make_steps(workers, variants=32, seed=0):
     """A few distinct Memory Maze-like steps for `workers` envs (cycled through)."""
     rng = np.random.default_rng(seed)
@@ -119,7 +124,7 @@ def main():
             t = time.perf_counter()
             disk.save()
             save = time.perf_counter() - t
-            allocated = sum(p.stat().st_blocks * 512 for p in (base / 'disk').iterdir())
+            allocated = allocated_bytes(base / 'disk')
             print(
                 f'  disk: {disk.bytes_per_step():,} bytes/step in the layout, {allocated / steps:,.0f} '
                 f'bytes/step allocated ({allocated / 2**30:.2f} GiB for {steps:,}); save() '
@@ -134,8 +139,8 @@ def main():
             lfs = make('lfs-local')
             bench('lfs', lfs, steps, args.workers, args.batch, args.length, args.samples)
             lfs.close()
-            local = sum(p.stat().st_blocks * 512 for p in (base / 'lfs-local').iterdir())
-            durable = sum(p.stat().st_blocks * 512 for p in (base / 'lfs').iterdir())
+            local = allocated_bytes(base / 'lfs-local')
+            durable = allocated_bytes(base / 'lfs')
             print(
                 f'  lfs: {lfs.bytes_per_step():,} bytes/step of data; allocated {local / steps:,.0f} bytes/step '
                 f'local + {durable / steps:,.0f} bytes/step durable ({(local + durable) / 2**30:.2f} GiB '
@@ -166,7 +171,7 @@ def main():
             big.sample(args.batch, args.length)
         files = list((base / 'sparse').iterdir())
         apparent = sum(p.stat().st_size for p in files)
-        allocated = sum(p.stat().st_blocks * 512 for p in files)
+        allocated = allocated_bytes(base / 'sparse')
         print(
             f'sparse {n:,}-step disk replay: files {apparent / 2**30:,.1f} GiB apparent, '
             f'{allocated / 2**20:,.1f} MiB allocated after 4,000 steps; process VmRSS '
