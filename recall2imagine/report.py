@@ -121,12 +121,8 @@ def openloop_report(agent, batch, key, context, outdir, step, logger=None, seque
             logger.add({f'openloop/{name}_mse': float(err.mean())})
         if is_image:
             frames = video_grid(truth, model, context)
-            gif = encode_gif(frames, scale=2 if frames.shape[1] <= 128 else 1)
             path = os.path.join(outdir, f'openloop_{name}_{step}.gif')
-            with open(path, 'wb') as f:
-                f.write(gif)
-            if logger is not None:
-                logger.video(f'openloop/{name}', gif, path, step)
+            save_video(logger, f'openloop/{name}', path, step, frames, scale=2 if frames.shape[1] <= 128 else 1)
             from PIL import Image
 
             strip, _ = frame_strip(truth[0], model[0], context)
@@ -149,10 +145,16 @@ def write_episode_video(logger, outdir, step, frames, fps=16):
     frames = np.asarray(frames, np.uint8)
     if frames.shape[-1] == 1:
         frames = np.repeat(frames, 3, -1)
-    gif = encode_gif(frames[..., :3], fps=fps, scale=2 if frames.shape[1] <= 64 else 1)
     path = os.path.join(str(outdir), f'eval_{step}.gif')
+    return save_video(logger, 'eval/episode', path, step, frames[..., :3], fps=fps,
+                      scale=2 if frames.shape[1] <= 64 else 1)
+
+
+def save_video(logger, name, path, step, frames, fps=10, scale=1):
+    """frames [T, H, W, 3] uint8 -> a GIF at `path`, also to TensorBoard / W&B via `logger.video`."""
+    gif = encode_gif(frames, fps=fps, scale=scale)
     with open(path, 'wb') as f:
         f.write(gif)
     if logger is not None:
-        logger.video('eval/episode', gif, path, step)
+        logger.video(name, gif, path, step)
     return path
