@@ -301,8 +301,8 @@ class Agent:
         action = self._act(actor, latent, k2, greedy)
         return action, (latent, action)
 
-    def _actor_dist(self, actor, latent):
-        out = actor(features(latent, self.cfg.actor.inputs, self.dtype))
+    def _actor_dist(self, actor, latent=None, feat=None):  # from a latent or its actor features
+        out = actor(features(latent, self.cfg.actor.inputs, self.dtype) if feat is None else feat)
         if self.discrete:
             return dists.unimix_logits(out, self.cfg.actor.unimix)
         mean, std = jnp.split(out, 2, -1)
@@ -317,8 +317,8 @@ class Agent:
         mean, std = d
         return mean if greedy else mean + std * jax.random.normal(key, mean.shape)
 
-    def _logprob_entropy(self, actor, latent, action):
-        d = self._actor_dist(actor, latent)
+    def _logprob_entropy(self, actor, feat, action):  # feat: actor features [..., F]
+        d = self._actor_dist(actor, feat=feat)
         if self.discrete:
             return dists.onehot_logprob(d, action), dists.categorical_entropy(d)
         mean, std = d
@@ -466,72 +466,88 @@ class Agent:
         latents = jax.tree.map(lambda xs, x: jnp.concatenate([xs, x[None]], 0), latents, last)
         return latents, actions
 
-    def _critic_value(self, critic, latent):
-        return dists.twohot_mean(critic(features(latent, self.cfg.critic.inputs, self.dtype)), self.value_bins)
-
     def _actor_critic(self, state, start, start_cont, key):
-        cfg, wm = self.cfg, state.wm
+        """Imagine from `start` [N], then update the critic and the actor (both from their old params).
+
+        Discrete actions (REINFORCE): the rollout needs no gradient, so it runs once outside both
+        losses, and the critic's logits of the K+1 imagined states give its value, the lambda-returns
+        and its loss in one forward pass. Continuous actions: the actor's loss backpropagates the
+        returns through the imagined dynamics, so it contains the rollout.
+        """
+        cfg = self.cfg
         gamma = 1.0 - 1.0 / cfg.horizon
-        feat = lambda latent, inputs: features(latent, inputs, self.dtype)
+        frozen_wm = jax.tree.map(sg, state.wm)
         actor_params, actor_static = eqx.partition(state.actor, eqx.is_array)
-        frozen_wm = jax.tree.map(sg, wm)
+        critic_params, critic_static = eqx.partition(state.critic, eqx.is_array)
+        value_of = lambda logits: dists.twohot_mean(logits, self.value_bins)
+        returns = lambda traj, value: lambda_return(traj["reward"], traj["cont"][1:], value, gamma,
+                                                    cfg.return_lambda)  # [K, N]
 
         def rollout(actor):
+            """latents [K+1, N], actions [K, N, A], reward [K, N] (r_1..r_K), cont/weight [K+1, N],
+            feat: features of the latents per input list ({tuple(inputs): [K+1, N, F]})."""
             latents, actions = self._imagine(frozen_wm, actor, start, key)
-            reward = dists.twohot_mean(frozen_wm.reward(feat(latents, cfg.reward_head.inputs)), self.reward_bins)
-            cont = (frozen_wm.cont(feat(latents, cfg.cont_head.inputs))[..., 0] > 0).astype(jnp.float32)
-            cont = cont.at[0].set(start_cont)  # [K+1, N]
-            value = self._critic_value(state.critic, latents)  # [K+1, N], fast critic
-            ret = lambda_return(reward[1:], cont[1:], value, gamma, cfg.return_lambda)  # [K, N]
-            weight = sg(jnp.cumprod(gamma * cont, 0) / gamma)  # [K+1, N]
-            return latents, actions, reward, ret, value, weight
+            feat = {}
+            for inputs in (cfg.reward_head.inputs, cfg.cont_head.inputs, cfg.critic.inputs, cfg.actor.inputs):
+                if tuple(inputs) not in feat:
+                    feat[tuple(inputs)] = features(latents, inputs, self.dtype)
+            f_rew, f_cont = feat[tuple(cfg.reward_head.inputs)][1:], feat[tuple(cfg.cont_head.inputs)][1:]
+            reward = dists.twohot_mean(frozen_wm.reward(f_rew), self.reward_bins)  # state 0's is never used
+            cont = (frozen_wm.cont(f_cont)[..., 0] > 0).astype(jnp.float32)
+            cont = jnp.concatenate([start_cont[None], cont], 0)  # [K+1, N]
+            weight = sg(jnp.cumprod(gamma * cont, 0) / gamma)
+            return dict(latents=latents, actions=actions, reward=reward, cont=cont, weight=weight, feat=feat)
 
-        def actor_loss_fn(params, retnorm):
+        def actor_loss_fn(params, traj=None, value=None, ret=None):
             actor = eqx.combine(params, actor_static)
-            latents, actions, reward, ret, value, weight = rollout(actor)
+            if traj is None:  # continuous: returns differentiated through the imagined dynamics
+                traj = rollout(actor)
+                value = value_of(state.critic(traj["feat"][tuple(cfg.critic.inputs)]))  # [K+1, N]
+                ret = returns(traj, value)
             lo = jnp.percentile(ret, cfg.retnorm.perclo)
             hi = jnp.percentile(ret, cfg.retnorm.perchi)
-            retnorm = cfg.retnorm.decay * retnorm + (1 - cfg.retnorm.decay) * sg(jnp.stack([lo, hi]))
+            retnorm = cfg.retnorm.decay * state.retnorm + (1 - cfg.retnorm.decay) * sg(jnp.stack([lo, hi]))
             scale = jnp.maximum(cfg.retnorm.max, retnorm[1] - retnorm[0])
             adv = (ret - value[:-1]) / scale  # [K, N]
-            states = jax.tree.map(lambda x: sg(x[:-1]), latents)
-            logp, ent = self._logprob_entropy(actor, states, sg(actions))
-            if self.discrete:
-                objective = logp * sg(adv)
-            else:
-                objective = adv
+            feat = sg(traj["feat"][tuple(cfg.actor.inputs)][:-1])
+            logp, ent = self._logprob_entropy(actor, feat, sg(traj["actions"]))
+            objective = logp * sg(adv) if self.discrete else adv
+            weight = traj["weight"]
             loss = -(weight[:-1] * (objective + cfg.actent * ent)).mean() * cfg.loss_scales.actor
-            aux = dict(latents=latents, ret=ret, weight=weight, retnorm=retnorm, metrics=dict(
-                actor_loss=loss, policy_entropy=ent.mean(), imag_reward=reward[1:].mean(),
+            aux = dict(traj=jax.tree.map(sg, traj), retnorm=retnorm, metrics=dict(
+                actor_loss=loss, policy_entropy=ent.mean(), imag_reward=traj["reward"].mean(),
                 return_raw=ret.mean(), return_scale=scale, adv_mag=jnp.abs(adv).mean(),
-                critic_value=value.mean(), imag_cont=weight[-1].mean()))
+                imag_cont=weight[-1].mean()))
             return loss, aux
 
+        def critic_loss_fn(params, traj):  # traj: no gradient; targets from this critic's own values
+            feat = traj["feat"][tuple(cfg.critic.inputs)]
+            logits = eqx.combine(params, critic_static)(feat)  # [K+1, N, bins]
+            value = sg(value_of(logits))
+            ret = sg(returns(traj, value))
+            slow_mean = sg(value_of(state.slow_critic(feat[:-1])))
+            loss = -dists.twohot_logprob(logits[:-1], ret, self.value_bins)
+            loss = loss - cfg.loss_scales.slowreg * dists.twohot_logprob(logits[:-1], slow_mean, self.value_bins)
+            return (traj["weight"][:-1] * loss).mean() * cfg.loss_scales.critic, (value, ret)
+
         scale, good = state.loss_scale, state.good_steps
-        actor_params, actor_opt, s1, g1, _, aux, grads, finite = optimize(
-            self.actor_opt, lambda p: actor_loss_fn(p, state.retnorm), actor_params, state.actor_opt,
-            scale[1], good[1], self.fp16)
-        actor = eqx.combine(actor_params, actor_static)
-        metrics = dict(aux["metrics"], actor_opt_grad_norm=global_norm(grads), actor_opt_skipped=1.0 - finite)
-
-        # critic on the same trajectory (states 0..K-1), targets from the fast critic's returns
-        states = jax.tree.map(lambda x: sg(x[:-1]), aux["latents"])
-        ret, weight = sg(aux["ret"]), sg(aux["weight"][:-1])
-        slow_mean = sg(self._critic_value(state.slow_critic, states))
-        critic_params, critic_static = eqx.partition(state.critic, eqx.is_array)
-
-        def critic_loss_fn(params):
-            logits = eqx.combine(params, critic_static)(feat(states, cfg.critic.inputs))
-            loss = -dists.twohot_logprob(logits, ret, self.value_bins)
-            loss = loss - cfg.loss_scales.slowreg * dists.twohot_logprob(logits, slow_mean, self.value_bins)
-            return (weight * loss).mean() * cfg.loss_scales.critic
-
-        critic_params, critic_opt, s2, g2, loss, _, grads, finite_c = optimize(
-            self.critic_opt, lambda p: (critic_loss_fn(p), None), critic_params, state.critic_opt,
-            scale[2], good[2], self.fp16)
-        critic = eqx.combine(critic_params, critic_static)
-        metrics.update(critic_loss=loss, critic_opt_grad_norm=global_norm(grads),
-                       critic_opt_skipped=1.0 - finite_c)
+        update_actor = lambda fn: optimize(self.actor_opt, fn, actor_params, state.actor_opt,
+                                           scale[1], good[1], self.fp16)
+        update_critic = lambda traj: optimize(self.critic_opt, lambda p: critic_loss_fn(p, traj), critic_params,
+                                              state.critic_opt, scale[2], good[2], self.fp16)
+        if self.discrete:
+            traj = rollout(jax.tree.map(sg, state.actor))
+            critic_params_, critic_opt, s2, g2, c_loss, (value, ret), c_grads, c_finite = update_critic(traj)
+            actor_params_, actor_opt, s1, g1, _, aux, a_grads, a_finite = update_actor(
+                lambda p: actor_loss_fn(p, traj, value, ret))
+        else:
+            actor_params_, actor_opt, s1, g1, _, aux, a_grads, a_finite = update_actor(actor_loss_fn)
+            critic_params_, critic_opt, s2, g2, c_loss, (value, _), c_grads, c_finite = update_critic(aux["traj"])
+        actor = eqx.combine(actor_params_, actor_static)
+        critic = eqx.combine(critic_params_, critic_static)
+        metrics = dict(aux["metrics"], critic_value=value.mean(), critic_loss=c_loss,
+                       actor_opt_grad_norm=global_norm(a_grads), actor_opt_skipped=1.0 - a_finite,
+                       critic_opt_grad_norm=global_norm(c_grads), critic_opt_skipped=1.0 - c_finite)
         # slow critic: full copy on the first update, then EMA with slow_critic_fraction
         mix = jnp.where(state.updates == 0, 1.0, cfg.slow_critic_fraction)
         slow = jax.tree.map(lambda s_, c_: (1 - mix) * s_ + mix * c_,
