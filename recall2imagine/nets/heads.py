@@ -43,6 +43,21 @@ def image_input(obs, keys, dtype):
     return jnp.concatenate([obs[k].astype(dtype) / 255 for k in keys], -1)
 
 
+def chunked(fn, size, *xs):
+    """fn over the leading axis (n frames) of the pytrees xs, at most `size` frames at a time.
+
+    Chunks (the largest divisor of n up to `size`) run in a lax.map under jax.checkpoint, so
+    the activations inside fn are held for one chunk at a time, also under differentiation, at
+    the price of a second forward pass; n <= size calls fn once, unchanged."""
+    n = jax.tree.leaves(xs)[0].shape[0]
+    step = max(d for d in range(1, min(n, size) + 1) if n % d == 0)
+    if step == n:
+        return fn(*xs)
+    out = jax.lax.map(jax.checkpoint(lambda a: fn(*a)),
+                      jax.tree.map(lambda x: x.reshape((n // step, step) + x.shape[1:]), xs))
+    return jax.tree.map(lambda y: y.reshape((n,) + y.shape[2:]), out)
+
+
 def image_shape(obs_space, keys):
     """(H, W, sum C) of the images under `keys`; they must share H and W."""
     shapes = {tuple(obs_space[k][0][:2]) for k in keys}
@@ -111,8 +126,9 @@ class ConvEncoder(eqx.Module):
     norms: list
     keys: tuple = eqx.field(static=True)
     out_dim: int = eqx.field(static=True)
+    chunk: int = eqx.field(static=True)  # frames encoded at once (see `chunked`)
 
-    def __init__(self, keys, shape, depth, minres, *, key):
+    def __init__(self, keys, shape, depth, minres, *, key, chunk=512):
         h, w, c = shape
         stages = cnn_stages(h, w, minres)
         chans = [c] + [depth * 2**i for i in range(stages)]
@@ -121,14 +137,22 @@ class ConvEncoder(eqx.Module):
         self.norms = [Norm(b) for b in chans[1:]]
         self.keys = tuple(keys)
         self.out_dim = minres * minres * chans[-1]
+        if chunk < 1:
+            raise ValueError(f"encoder.cnn_chunk must be >= 1 frame, got {chunk}")
+        self.chunk = int(chunk)
 
     def __call__(self, obs, dtype):  # obs dict of [..., H, W, C] uint8 -> [..., out_dim]
-        x = image_input(obs, self.keys, dtype) - 0.5
-        batch = x.shape[:-3]
-        x = x.reshape((-1,) + x.shape[-3:])
-        for conv, norm in zip(self.convs, self.norms):
-            x = jax.nn.silu(norm(conv(x)))
-        return x.reshape(batch + (-1,))
+        first = obs[self.keys[0]]
+        batch = first.shape[:-3]
+        images = {k: obs[k].reshape((-1,) + obs[k].shape[-3:]) for k in self.keys}
+
+        def encode(imgs):  # [n, H, W, C] uint8 -> [n, out_dim]
+            x = image_input(imgs, self.keys, dtype) - 0.5
+            for conv, norm in zip(self.convs, self.norms):
+                x = jax.nn.silu(norm(conv(x)))
+            return x.reshape(x.shape[0], -1)
+
+        return chunked(encode, self.chunk, images).reshape(batch + (-1,))
 
 
 class ConvDecoder(eqx.Module):
@@ -141,8 +165,9 @@ class ConvDecoder(eqx.Module):
     keys: tuple = eqx.field(static=True)
     channels: tuple = eqx.field(static=True)  # channels per key, in `keys` order
     minres: int = eqx.field(static=True)
+    chunk: int = eqx.field(static=True)  # frames per decoding chunk in `loss`
 
-    def __init__(self, keys, channels, shape, din, depth, minres, *, key):
+    def __init__(self, keys, channels, shape, din, depth, minres, *, key, chunk=512):
         h, w, c = shape
         stages = cnn_stages(h, w, minres)
         chans = [depth * 2**i for i in reversed(range(stages))] + [c]  # 8d, 4d, 2d, d, C
@@ -152,6 +177,9 @@ class ConvDecoder(eqx.Module):
                       for i, (a, b, k) in enumerate(zip(chans[:-1], chans[1:], ks[1:]))]
         self.norms = [Norm(b) for b in chans[1:-1]]
         self.keys, self.channels, self.minres = tuple(keys), tuple(channels), minres
+        if chunk < 1:
+            raise ValueError(f"decoder.cnn_chunk must be >= 1 frame, got {chunk}")
+        self.chunk = int(chunk)
 
     def mean(self, feat):  # [..., F] -> [..., H, W, C] float32, image in [0, 1] (unclipped)
         batch = feat.shape[:-1]
@@ -164,8 +192,13 @@ class ConvDecoder(eqx.Module):
         return x.reshape(batch + x.shape[1:])
 
     def loss(self, feat, obs):  # -> [...]
-        target = image_input(obs, self.keys, jnp.float32)
-        return jnp.square(self.mean(feat) - target).sum((-3, -2, -1))
+        """Summed squared error per frame, decoded `chunk` frames at a time (see `chunked`): the
+        full `mmaze` batch of 4,096 frames at once needed ~46 GiB on the CPU."""
+        batch, n = feat.shape[:-1], int(np.prod(feat.shape[:-1]))
+        images = {k: obs[k].reshape((n,) + obs[k].shape[len(batch):]) for k in self.keys}
+        frame_loss = lambda f, imgs: jnp.square(self.mean(f) - image_input(imgs, self.keys, jnp.float32)).sum(
+            (-3, -2, -1))
+        return chunked(frame_loss, self.chunk, feat.reshape(n, -1), images).reshape(batch)
 
     def predict(self, feat):  # {key: [..., H, W, C_k] uint8}
         x = jnp.clip(jnp.round(self.mean(feat) * 255), 0, 255).astype(jnp.uint8)
@@ -228,7 +261,8 @@ class Encoder(eqx.Module):
         dim = sum(math.prod(obs_space[k][0]) for k in mlp_keys)
         self.mlp = VectorEncoder(mlp_keys, dim, e.mlp_layers, e.mlp_units, e.symlog_inputs, key=k1) \
             if mlp_keys else None
-        self.cnn = ConvEncoder(cnn_keys, image_shape(obs_space, cnn_keys), e.cnn_depth, e.minres, key=k2) \
+        self.cnn = ConvEncoder(cnn_keys, image_shape(obs_space, cnn_keys), e.cnn_depth, e.minres, key=k2,
+                               chunk=e.cnn_chunk) \
             if cnn_keys else None
         self.out_dim = sum(m.out_dim for m in (self.mlp, self.cnn) if m is not None)
 
@@ -249,7 +283,7 @@ class Decoder(eqx.Module):
         self.mlp = VectorDecoder(mlp_keys, [obs_space[k][0] for k in mlp_keys], din, d.mlp_layers, d.mlp_units,
                                  key=k1) if mlp_keys else None
         self.cnn = ConvDecoder(cnn_keys, [obs_space[k][0][2] for k in cnn_keys], image_shape(obs_space, cnn_keys),
-                               din, d.cnn_depth, d.minres, key=k2) if cnn_keys else None
+                               din, d.cnn_depth, d.minres, key=k2, chunk=d.cnn_chunk) if cnn_keys else None
 
     def loss(self, feat, obs):  # {'vector' | 'image': [...]}
         out = {}
