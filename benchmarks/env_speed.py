@@ -2,6 +2,7 @@
 
   .venv/bin/python benchmarks/env_speed.py                 # ~15 s per row, about 3-4 minutes
   .venv/bin/python benchmarks/env_speed.py --seconds 5     # quicker, noisier
+  .venv/bin/python benchmarks/env_speed.py --only memory   # resident memory per env only
 
 Every row runs in a fresh Python process (the contact patch is process-wide), steps
 uniformly random actions after one reset, and counts steps over ``--seconds`` of
@@ -11,7 +12,13 @@ resets are). Prints a Markdown table.
 Rows: "raw" steps the memory-maze dm_env task directly with dm-control's original
 contact check; "adapter" is ``make_env('gym_memory_maze:...')`` (patched unless
 ``speedup=False``); "workers N" are N ``ProcessEnv`` workers stepped concurrently by
-``Driver`` (total steps/s over all workers).
+``Driver`` (total steps/s over all workers). "contact patch only" is the adapter with
+dm-control's own ``Physics.render`` put back (no render-camera cache), so the two
+patches' shares can be told apart.
+
+Memory table: VmRSS of one 9x9 env (fresh process) after construction, a reset and 300
+random steps, with the package's 10 wall-texture variations built separately (as the
+package does) and with our one shared texture provider (the default).
 """
 
 import argparse
@@ -29,12 +36,25 @@ ROWS = [
     # name, kind, size, extra
     ('raw package, unpatched', 'raw', '9x9', {}),
     ('adapter, patched', 'adapter', '9x9', {}),
+    ('adapter, contact patch only (no render cache)', 'adapter_nocache', '9x9', {}),
     ('adapter, patched, LP_NUM_THREADS=1', 'adapter', '9x9', {'env': {'LP_NUM_THREADS': '1'}}),
     ('raw package, unpatched', 'raw', '15x15', {}),
     ('adapter, patched', 'adapter', '15x15', {}),
     ('ProcessEnv x1 + Driver, patched', 'workers', '9x9', {'n': 1}),
     ('ProcessEnv x2 + Driver, patched', 'workers', '9x9', {'n': 2}),
 ]
+MEMORY_ROWS = [  # name, share_textures
+    ('package as is: 10 wall variations, each its own textures', 0),
+    ('ours: one wall-texture provider shared by the 10 variations (default)', 1),
+]
+
+
+def _rss_mb():
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError('no VmRSS in /proc/self/status')
 
 
 def _timed(step, seconds):
@@ -68,10 +88,26 @@ def child(kind, size, seconds, n):
         rate = _timed(step, seconds)
         env.close()
         return rate
-    if kind == 'adapter':
+    if kind == 'memory':
+        from recall2imagine.envs.memory_maze import MemoryMaze
+
+        env = MemoryMaze(task, seed=0, share_textures=bool(n))
+        env.reset()
+        for _ in range(300):
+            if env.step(int(rng.integers(6)))['is_last']:
+                env.reset()
+        rss = _rss_mb()
+        env.close()
+        return rss
+    if kind in ('adapter', 'adapter_nocache'):
         from recall2imagine.envs import make_env
 
         env = make_env(f'gym_memory_maze:{task}', seed=0)
+        if kind == 'adapter_nocache':  # keep the contact patch, put dm-control's render back
+            from dm_control.mujoco import engine
+
+            from recall2imagine.envs import mmaze_speedup
+            engine.Physics.render = mmaze_speedup._ORIGINAL_RENDER[0]
         env.reset()
 
         def step():
@@ -106,26 +142,41 @@ def child(kind, size, seconds, n):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument('--seconds', type=float, default=15.0, help='stepping time per row')
+    parser.add_argument('--only', choices=('speed', 'memory'), help='one of the two tables')
     parser.add_argument('--child', nargs=3, metavar=('KIND', 'SIZE', 'N'), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         kind, size, n = args.child
         print(json.dumps({'rate': child(kind, size, args.seconds, int(n))}))
         return
-    print(f'Memory Maze steps/s, 64x64 image, random actions, {os.cpu_count()} CPUs, {args.seconds:g} s per row')
-    print()
-    print('| setup | maze | steps/s |')
-    print('|---|---|---|')
-    for name, kind, size, extra in ROWS:
-        env = dict(os.environ, **extra.get('env', {}))
-        cmd = [sys.executable, __file__, '--seconds', str(args.seconds), '--child', kind, size, str(extra.get('n', 1))]
+
+    def run_child(name, kind, size, n, extra_env=None):
+        env = dict(os.environ, **(extra_env or {}))
+        cmd = [sys.executable, __file__, '--seconds', str(args.seconds), '--child', kind, size, str(n)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('{')]
         if proc.returncode != 0 or not lines:
             tail = proc.stderr.strip().splitlines()[-1:] or ['?']
-            print(f'| {name} | {size} | failed: {tail[0]} |', flush=True)
-            continue
-        print(f'| {name} | {size} | {json.loads(lines[-1])["rate"]:.1f} |', flush=True)
+            return f'failed: {tail[0]}'
+        return f'{json.loads(lines[-1])["rate"]:,.1f}'
+
+    if args.only != 'memory':
+        print(f'Memory Maze steps/s, 64x64 image, random actions, {os.cpu_count()} CPUs, {args.seconds:g} s per row')
+        print()
+        print('| setup | maze | steps/s |')
+        print('|---|---|---|')
+        for name, kind, size, extra in ROWS:
+            print(f'| {name} | {size} | {run_child(name, kind, size, extra.get("n", 1), extra.get("env"))} |',
+                  flush=True)
+        print()
+    if args.only != 'speed':
+        print(f'Memory Maze resident memory per env (9x9, after a reset and 300 random steps, MUJOCO_GL='
+              f'{os.environ.get("MUJOCO_GL", "auto")})')
+        print()
+        print('| build | RSS MB |')
+        print('|---|---:|')
+        for name, share in MEMORY_ROWS:
+            print(f'| {name} | {run_child(name, "memory", "9x9", share)} |', flush=True)
 
 
 if __name__ == '__main__':
