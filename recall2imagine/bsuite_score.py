@@ -149,9 +149,7 @@ def score(runs) -> dict:
                    seeds=len(rows), episodes_min=min(r["episodes"] for r in rows),
                    setting_score=_nanmean(r["setting_score"] for r in rows))
         if experiment in MEMORY_EXPERIMENTS:
-            from bsuite import sweep as bsweep
-
-            row["memory_length"] = bsweep.SETTINGS[bsuite_id].get("memory_length")
+            row["memory_length"] = bsweep_memory_length(bsuite_id)
             row["success_final"] = _nanmean(r["success_final"] for r in rows)
             row["success_cumulative"] = _nanmean(r["success_cumulative"] for r in rows)
             row["solved"] = bool(row["success_final"] >= SOLVED_THRESHOLD)
@@ -269,6 +267,41 @@ def write_csv(result, path):
         writer.writerows(dict(r, level="setting") for r in result["settings"])
 
 
+def plot_memory(result, path) -> bool:
+    """PNG of final-episode success vs memory length per memory experiment (mean over seeds, one dot
+    per seed, the solved threshold dashed). Returns False (nothing written) without memory settings."""
+    settings = [s for s in result["settings"] if s.get("memory_length") is not None]
+    if not settings:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for experiment, rows in _group(settings, "experiment").items():
+        rows = sorted(rows, key=lambda r: r["memory_length"])
+        line, = ax.plot([r["memory_length"] for r in rows], [r["success_final"] for r in rows], "o-",
+                        label=f"{experiment} (mean over seeds)")
+        runs = [r for r in result["runs"] if r["experiment"] == experiment]
+        ax.scatter([bsweep_memory_length(r["bsuite_id"]) for r in runs], [r["success_final"] for r in runs],
+                   s=12, color=line.get_color(), alpha=0.4)
+    ax.axhline(SOLVED_THRESHOLD, ls="--", color="gray", lw=1, label=f"solved (>= {SOLVED_THRESHOLD})")
+    ax.set_xlabel("memory length")
+    ax.set_ylabel("final-episode success")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def bsweep_memory_length(bsuite_id):
+    from bsuite import sweep as bsweep
+
+    return bsweep.SETTINGS[bsuite_id].get("memory_length")
+
+
 def _seed_of(run_dir):
     path = pathlib.Path(run_dir).resolve()
     for name in (path.name, path.parent.name):  # <run> or <run>/bsuite
@@ -282,11 +315,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="bsuite's official scores of runs with bsuite CSV logs")
     p.add_argument("run_dirs", nargs="+", help="run logdirs (or their bsuite/ folders); seed from `seed<k>`")
     p.add_argument("--csv", help="also write the result table here")
+    p.add_argument("--png", help="also plot success vs memory length here (memory experiments)")
     args = p.parse_args(argv)
     result = score([(_seed_of(d), d) for d in args.run_dirs])
     print("\n".join(markdown(result)))
     if args.csv:
         write_csv(result, args.csv)
+    if args.png and plot_memory(result, args.png):
+        print(f"wrote {args.png}")
     return 1 if result["error"] or not result["experiments"] else 0
 
 

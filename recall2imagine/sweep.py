@@ -118,6 +118,7 @@ def summarise(root, jobs, statuses, last):
             row.update(bsuite_episodes=r.get("episodes", ""), bsuite_setting_score=r.get("setting_score", ""),
                        bsuite_success_final=r.get("success_final", ""))
         bsuite_score.write_csv(bsuite, root / "summary_bsuite.csv")
+        bsuite_score.plot_memory(bsuite, root / "summary_memory.png")  # success vs memory length
     with open(root / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -112,6 +112,8 @@ def test_sweep_summary_and_cli(logs, tmp_path, capsys):
     assert {r["task"] for r in per_run} >= {"bsuite:memory_len/3", "bsuite:discounting_chain/2"}
     md = (root / "summary.md").read_text()
     assert "## bsuite score" in md and "largest memory length solved" in md
+    png = root / "summary_memory.png"  # success vs memory length
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
     # the module's own CLI on two run dirs
     capsys.readouterr()
@@ -119,3 +121,6 @@ def test_sweep_summary_and_cli(logs, tmp_path, capsys):
                               str(root / "bsuite_memory_len_3" / "seed1" / "bsuite")]) == 0
     out = capsys.readouterr().out
     assert "| memory_len/3 | memory_length=4 | 2 |" in out
+    # no memory experiment among the runs: no plot
+    assert not bsuite_score.plot_memory(dict(settings=[], runs=[]), tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
