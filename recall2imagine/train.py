@@ -32,6 +32,7 @@ def setup_jax(cfg):
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     if platform != "auto":
         jax.config.update("jax_platforms", {"gpu": "cuda"}.get(platform, platform))
+    jax.config.update("jax_disable_jit", not cfg.jax.jit)  # --jax.jit False: op by op, for debugging
     try:
         backend = jax.default_backend()
     except RuntimeError as e:

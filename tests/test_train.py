@@ -78,3 +78,15 @@ def test_device_out_of_memory_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(train, "run", lambda cfg: (_ for _ in ()).throw(RuntimeError("other")))
     with pytest.raises(RuntimeError, match="other"):
         train.main(["--configs", "debug"])
+
+
+def test_jax_jit_flag_switches_jit_off_and_on():
+    import jax
+    from recall2imagine import config as configlib
+    try:
+        train.setup_jax(configlib.parse(["--configs", "debug", "--jax.jit", "False"]))
+        assert jax.config.jax_disable_jit
+        train.setup_jax(configlib.parse(["--configs", "debug"]))
+        assert not jax.config.jax_disable_jit
+    finally:
+        jax.config.update("jax_disable_jit", False)
