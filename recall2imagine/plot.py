@@ -2,7 +2,8 @@
 
   python -m recall2imagine.plot RUN_DIR [RUN_DIR ...] --out curves.png [--labels a b] [--metric episode/score]
 
-Each run directory holds `metrics.jsonl` (one JSON object per line with `step`). Runs that share
+Each run directory holds `metrics.jsonl` (one JSON object per line with `step`; episode metrics
+come from `scores.jsonl`, one line per episode, where the run wrote one). Runs that share
 a label (by default the directory's parent name when several seeds sit side by side, else the
 directory name) are drawn as the mean over runs with a min-max band.
 """
@@ -15,8 +16,11 @@ import numpy as np
 
 
 def load_curve(run_dir, metric="episode/score"):
-    """(steps, values) of `metric` in run_dir/metrics.jsonl, in file order."""
+    """(steps, values) of `metric`, in file order: episode metrics from run_dir/scores.jsonl (every
+    episode) when the run has one, else from run_dir/metrics.jsonl (one row per log interval)."""
     path = pathlib.Path(run_dir) / "metrics.jsonl"
+    if metric.startswith("episode/") and (path.parent / "scores.jsonl").exists():
+        path = path.parent / "scores.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: pass a run directory written by recall2imagine.train")
     steps, values = [], []

@@ -31,3 +31,16 @@ def test_smooth_is_trailing_mean():
 def test_missing_run_is_an_error(tmp_path, capsys):
     assert plot.main([str(tmp_path / "nope"), "--out", str(tmp_path / "x.png")]) == 2
     assert "metrics.jsonl" in capsys.readouterr().err
+
+
+def test_episode_metrics_come_from_scores_jsonl(tmp_path):
+    """Runs log every episode to scores.jsonl but only one row per interval to metrics.jsonl."""
+    run = tmp_path / "run"
+    _fake_run(run, 1.0)
+    with open(run / "scores.jsonl", "w") as f:
+        for i in range(120):
+            f.write(json.dumps({"step": i * 10, "episode/score": -1.0, "episode/length": 10}) + "\n")
+    steps, values = plot.load_curve(run)
+    assert len(steps) == 120 and set(values) == {-1.0}
+    steps, values = plot.load_curve(run, "fps")  # other metrics still from metrics.jsonl
+    assert len(steps) == 50 and set(values) == {3.0}
