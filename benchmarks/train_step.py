@@ -179,7 +179,7 @@ def run_point(spec):
     import numpy as np
     import optax
 
-    from recall2imagine.agent import Agent
+    from recall2imagine.agent import Agent, resolve_precision
 
     obs_kind = spec.get("obs", "vector")
     rng = np.random.default_rng(0)
@@ -243,7 +243,7 @@ def run_point(spec):
     res = dict(obs=obs_kind, core=cfg.rssm.core, length=T, batch=B, tokens=B * T,
                parallel=bool(agent.state.wm.rssm.parallel),
                device=f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
-               precision=cfg.jax.precision, actor_inputs=",".join(cfg.actor.inputs),
+               precision=resolve_precision(cfg.jax.precision), actor_inputs=",".join(cfg.actor.inputs),
                encoder="+".join(n for n in ("cnn", "mlp") if getattr(agent.state.wm.encoder, n) is not None),
                imag_starts=min(int(cfg.get("imag_starts", 0) or 0) or B * T, B * T), imag_horizon=cfg.imag_horizon)
     times, first = timed(one_wm)

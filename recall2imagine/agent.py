@@ -24,6 +24,16 @@ SSM_LEAVES = ("Lambda_re", "Lambda_im", "B", "C", "D", "log_step")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
+def resolve_precision(precision):
+    """`jax.precision` as a DTYPES key: auto is float16 on accelerators and float32 on the CPU, where
+    XLA has no fast float16 kernels (the full mmaze update ran > 20 min in float16 on 2 cores)."""
+    if precision == "auto":
+        return "float32" if jax.default_backend() == "cpu" else "float16"
+    if precision not in DTYPES:
+        raise ValueError(f"jax.precision must be auto, float32, bfloat16 or float16, got {precision!r}")
+    return precision
+
+
 class WorldModel(eqx.Module):
     encoder: Encoder
     rssm: RSSM | GRURSSM
@@ -213,7 +223,7 @@ class Agent:
         self._since_sync = 0
         self.discrete = act_space.discrete
         self.act_dim = act_space.n
-        self.dtype = DTYPES[cfg.jax.precision]
+        self.dtype = DTYPES[resolve_precision(cfg.jax.precision)]
         self.fp16 = self.dtype == jnp.float16
         parallel = {"auto": jax.default_backend() != "cpu", "True": True, "False": False}
         if str(cfg.ssm.parallel) not in parallel:

@@ -250,3 +250,12 @@ def test_continuous_actions_train_through_the_dynamics():
     assert metrics["actor_opt_grad_norm"] > 0
     after = jax.tree.leaves(jax.tree.map(np.asarray, agent.state.actor))
     assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), after))
+
+
+def test_precision_auto_is_float32_on_cpu():
+    from recall2imagine.agent import resolve_precision
+    _, _, agent = debug_agent("--jax.precision", "auto")
+    assert agent.dtype == jnp.float32 and not agent.fp16
+    assert resolve_precision("bfloat16") == "bfloat16"
+    with pytest.raises(ValueError, match="jax.precision must be auto, float32"):
+        resolve_precision("float8")
