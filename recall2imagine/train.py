@@ -39,10 +39,11 @@ def setup_jax(cfg):
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise configlib.ConfigError(f"--jax.platform {platform}: not available here ({reason}); "
                                     f"use --jax.platform cpu")
-    if cfg.jax.precision not in ("auto", "float32", "bfloat16", "float16"):
-        raise configlib.ConfigError(
-            f"--jax.precision must be auto, float32, bfloat16 or float16, got {cfg.jax.precision!r}")
-    from recall2imagine.agent import resolve_devices
+    from recall2imagine.agent import resolve_devices, resolve_precision
+    try:
+        resolve_precision(cfg.jax.precision)
+    except ValueError as e:
+        raise configlib.ConfigError(f"--{e}")
     resolve_devices(cfg)  # device ids exist, one policy device, batch_size divisible: fail before the envs start
     return backend
 
