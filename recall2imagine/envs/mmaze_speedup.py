@@ -9,8 +9,8 @@ arrays (``geom1``/``geom2``) with numpy: the activation state, the material alph
 it changes and therefore rewards and images are unchanged (tests/test_memory_maze.py
 compares patched and unpatched rollouts).
 
-A second patch keeps dm-control's render ``Camera`` across frames (``_render``), ~17% more
-steps/s with identical frames. ``apply()`` patches both (idempotent); ``remove()`` restores
+A second patch keeps dm-control's render ``Camera`` across frames (``_render``), +35% steps/s
+on 9x9 (BENCHMARKS.md) with identical frames. ``apply()`` patches both (idempotent); ``remove()`` restores
 the originals.
 The environment variable ``R2I_MMAZE_SPEEDUP=0`` makes ``apply()`` a no-op.
 """
