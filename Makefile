@@ -2,7 +2,7 @@
 # Both first run `make install`, which is fast once the virtual environment is current.
 #
 #   make train ARGS="--run.steps 2000"            extra flags after the default job's
-#   make train TRAIN_ARGS="--configs bsuite cpu"  replace the default job's flags
+#   make train TRAIN_ARGS="--configs bsuite bsuite_cpu"  replace the default job's flags
 #   make test PYTEST_ARGS="-k config -x"          extra pytest arguments
 
 SHELL := /bin/bash

@@ -1,6 +1,6 @@
 """Run many training runs (tasks x seeds) in parallel processes and summarise them.
 
-  python -m recall2imagine.sweep --configs bsuite cpu --tasks bsuite:memory_len/0-10 --seeds 3 \\
+  python -m recall2imagine.sweep --configs bsuite bsuite_cpu --tasks bsuite:memory_len/0-10 --seeds 3 \\
       --workers 2 --logdir ~/logdir/sweep [--run.steps 20000 ...]
 
 Each run trains in `<logdir>/<task>/seed<k>` (task with ':' and '/' made file-safe) through

@@ -75,6 +75,14 @@ def test_bsuite_block_sets_rssm_units_by_pattern():
     assert cfg.ssm.reset_mode == 'none' and cfg.replay_size == 5_000_000
 
 
+def test_bsuite_cpu_is_cpu_with_the_spec_dt_range():
+    """`bsuite_cpu` reuses the `cpu` block (YAML merge) and only narrows the SSM step range."""
+    ours = parse(['--configs', 'bsuite', 'bsuite_cpu']).flat()
+    cpu = parse(['--configs', 'bsuite', 'cpu']).flat()
+    assert {k for k in ours if ours[k] != cpu[k]} == {'ssm.dt_min', 'ssm.dt_max'}
+    assert (ours['ssm.dt_min'], ours['ssm.dt_max']) == (0.001, 0.1) and ours['rssm.deter'] == 128
+
+
 def test_dotted_overrides_apply_in_order():
     cfg = parse(['--rssm.deter', '64', '--seed=3', '--rssm.deter=128', '--task', 'bsuite:memory_len/5'])
     assert cfg.rssm.deter == 128 and cfg.seed == 3 and cfg.task == 'bsuite:memory_len/5'
