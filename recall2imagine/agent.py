@@ -73,6 +73,13 @@ def optimize(opt, loss_fn, params, opt_state, scale, good, fp16):
         grads = jax.tree.map(lambda g: g * (1.0 / scale), grads)
     else:
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    params, opt_state, scale, good, finite = apply_grads(opt, grads, params, opt_state, scale, good, fp16)
+    return params, opt_state, scale, good, loss, aux, grads, finite
+
+
+def apply_grads(opt, grads, params, opt_state, scale, good, fp16):
+    """The update half of `optimize` for gradients already divided by the loss scale.
+    Returns (params, opt_state, scale, good, finite)."""
     finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
     updates, new_state = opt.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
@@ -84,7 +91,7 @@ def optimize(opt, loss_fn, params, opt_state, scale, good, fp16):
         good = jnp.where(finite & ~grow, good + 1, 0)
     else:
         good = jnp.where(finite, good + 1, 0)
-    return params, opt_state, scale, good, loss, aux, grads, finite
+    return params, opt_state, scale, good, finite
 
 
 def lambda_return(reward, cont, value, gamma, lam):
@@ -311,24 +318,26 @@ class Agent:
         action = self._act(actor, latent, k2, greedy)
         return action, (latent, action)
 
-    def _actor_dist(self, actor, latent=None, feat=None):  # from a latent or its actor features
-        out = actor(features(latent, self.cfg.actor.inputs, self.dtype) if feat is None else feat)
+    def _actor_dist(self, out):  # actor network output -> unimix logits, or (mean, std)
         if self.discrete:
             return dists.unimix_logits(out, self.cfg.actor.unimix)
         mean, std = jnp.split(out, 2, -1)
         lo, hi = self.cfg.actor.minstd, self.cfg.actor.maxstd
         return jnp.tanh(mean), (hi - lo) * jax.nn.sigmoid(std + 2.0) + lo
 
-    def _act(self, actor, latent, key, greedy=False):
-        d = self._actor_dist(actor, latent)
+    def _sample(self, out, key, greedy=False):  # actor output -> action
+        d = self._actor_dist(out)
         if self.discrete:
             idx = jnp.argmax(d, -1) if greedy else dists.categorical_sample(key, d)
             return jax.nn.one_hot(idx, self.act_dim, dtype=jnp.float32)
         mean, std = d
         return mean if greedy else mean + std * jax.random.normal(key, mean.shape)
 
-    def _logprob_entropy(self, actor, feat, action):  # feat: actor features [..., F]
-        d = self._actor_dist(actor, feat=feat)
+    def _act(self, actor, latent, key, greedy=False):
+        return self._sample(actor(features(latent, self.cfg.actor.inputs, self.dtype)), key, greedy)
+
+    def _logprob_entropy(self, out, action):  # out: actor outputs [..., O]
+        d = self._actor_dist(out)
         if self.discrete:
             return dists.onehot_logprob(d, action), dists.categorical_entropy(d)
         mean, std = d
@@ -464,25 +473,37 @@ class Agent:
             cont_acc=((cont_logit > 0) == (cont > 0.5)).mean())
         return total, (post, metrics)
 
-    def _imagine(self, wm, actor, start, key):
-        """Roll the prior for imag_horizon steps: latents [K+1, N], actions [K, N, A]."""
+    def _imagine(self, wm, actor, start, key, pullbacks=False):
+        """Roll the prior for imag_horizon steps: latents [K+1, N], actions [K, N, A], the actor's
+        outputs [K, N, O] and, with `pullbacks` (else None), the VJPs of each step's actor call
+        with respect to its parameters, stacked over K: the REINFORCE gradient then needs no
+        second actor forward pass over the K x N states."""
+        params, static = eqx.partition(actor, eqx.is_array)
+
         def step(latent, key):
             k1, k2 = jax.random.split(key)
-            action = self._act(actor, jax.tree.map(sg, latent), k1)
-            return wm.rssm.img_step(latent, action, k2), (latent, action)
+            feat = features(jax.tree.map(sg, latent), self.cfg.actor.inputs, self.dtype)
+            if pullbacks:
+                out, pullback = jax.vjp(lambda p: eqx.combine(p, static)(feat), params)
+            else:
+                out, pullback = actor(feat), None
+            action = self._sample(out, k1)
+            return wm.rssm.img_step(latent, action, k2), (latent, action, out, pullback)
 
         keys = jax.random.split(key, self.cfg.imag_horizon)
-        last, (latents, actions) = jax.lax.scan(step, start, keys)
+        last, (latents, actions, outs, pullback) = jax.lax.scan(step, start, keys)
         latents = jax.tree.map(lambda xs, x: jnp.concatenate([xs, x[None]], 0), latents, last)
-        return latents, actions
+        return latents, actions, outs, pullback
 
     def _actor_critic(self, state, start, start_cont, key):
         """Imagine from `start` [N], then update the critic and the actor (both from their old params).
 
         Discrete actions (REINFORCE): the rollout needs no gradient, so it runs once outside both
-        losses, and the critic's logits of the K+1 imagined states give its value, the lambda-returns
-        and its loss in one forward pass. Continuous actions: the actor's loss backpropagates the
-        returns through the imagined dynamics, so it contains the rollout.
+        losses; it keeps the actor's outputs and their VJPs, so the actor's gradient is the loss's
+        gradient with respect to those outputs pulled back through them, and the critic's logits of
+        the K+1 imagined states give its value, the lambda-returns and its loss in one forward pass.
+        Continuous actions: the actor's loss backpropagates the returns through the imagined
+        dynamics, so it contains the rollout.
         """
         cfg = self.cfg
         gamma = 1.0 - 1.0 / cfg.horizon
@@ -493,12 +514,13 @@ class Agent:
         returns = lambda traj, value: lambda_return(traj["reward"], traj["cont"][1:], value, gamma,
                                                     cfg.return_lambda)  # [K, N]
 
-        def rollout(actor):
-            """latents [K+1, N], actions [K, N, A], reward [K, N] (r_1..r_K), cont/weight [K+1, N],
-            feat: features of the latents per input list ({tuple(inputs): [K+1, N, F]})."""
-            latents, actions = self._imagine(frozen_wm, actor, start, key)
+        def rollout(actor, pullbacks=False):
+            """latents [K+1, N], actions [K, N, A], actor outputs [K, N, O], reward [K, N] (r_1..r_K),
+            cont/weight [K+1, N], feat: features of the latents per input list ({tuple(inputs): [K+1, N, F]}),
+            pullback: the actor's VJPs (with `pullbacks`)."""
+            latents, actions, outs, pullback = self._imagine(frozen_wm, actor, start, key, pullbacks)
             feat = {}
-            for inputs in (cfg.reward_head.inputs, cfg.cont_head.inputs, cfg.critic.inputs, cfg.actor.inputs):
+            for inputs in (cfg.reward_head.inputs, cfg.cont_head.inputs, cfg.critic.inputs):
                 if tuple(inputs) not in feat:
                     feat[tuple(inputs)] = features(latents, inputs, self.dtype)
             f_rew, f_cont = feat[tuple(cfg.reward_head.inputs)][1:], feat[tuple(cfg.cont_head.inputs)][1:]
@@ -506,21 +528,17 @@ class Agent:
             cont = (frozen_wm.cont(f_cont)[..., 0] > 0).astype(jnp.float32)
             cont = jnp.concatenate([start_cont[None], cont], 0)  # [K+1, N]
             weight = sg(jnp.cumprod(gamma * cont, 0) / gamma)
-            return dict(latents=latents, actions=actions, reward=reward, cont=cont, weight=weight, feat=feat)
+            return dict(latents=latents, actions=actions, outs=outs, reward=reward, cont=cont, weight=weight,
+                        feat=feat), pullback
 
-        def actor_loss_fn(params, traj=None, value=None, ret=None):
-            actor = eqx.combine(params, actor_static)
-            if traj is None:  # continuous: returns differentiated through the imagined dynamics
-                traj = rollout(actor)
-                value = value_of(state.critic(traj["feat"][tuple(cfg.critic.inputs)]))  # [K+1, N]
-                ret = returns(traj, value)
+        def actor_objective(outs, traj, value, ret):
+            """Actor loss from its outputs `outs` [K, N, O] for the imagined states 0..K-1."""
             lo = jnp.percentile(ret, cfg.retnorm.perclo)
             hi = jnp.percentile(ret, cfg.retnorm.perchi)
             retnorm = cfg.retnorm.decay * state.retnorm + (1 - cfg.retnorm.decay) * sg(jnp.stack([lo, hi]))
             scale = jnp.maximum(cfg.retnorm.max, retnorm[1] - retnorm[0])
             adv = (ret - value[:-1]) / scale  # [K, N]
-            feat = sg(traj["feat"][tuple(cfg.actor.inputs)][:-1])
-            logp, ent = self._logprob_entropy(actor, feat, sg(traj["actions"]))
+            logp, ent = self._logprob_entropy(outs, sg(traj["actions"]))
             objective = logp * sg(adv) if self.discrete else adv
             weight = traj["weight"]
             loss = -(weight[:-1] * (objective + cfg.actent * ent)).mean() * cfg.loss_scales.actor
@@ -529,6 +547,11 @@ class Agent:
                 return_raw=ret.mean(), return_scale=scale, adv_mag=jnp.abs(adv).mean(),
                 imag_cont=weight[-1].mean()))
             return loss, aux
+
+        def actor_loss_fn(params):  # continuous: returns differentiated through the imagined dynamics
+            traj, _ = rollout(eqx.combine(params, actor_static))
+            value = value_of(state.critic(traj["feat"][tuple(cfg.critic.inputs)]))  # [K+1, N]
+            return actor_objective(traj["outs"], traj, value, returns(traj, value))
 
         def critic_loss_fn(params, traj):  # traj: no gradient; targets from this critic's own values
             feat = traj["feat"][tuple(cfg.critic.inputs)]
@@ -541,17 +564,21 @@ class Agent:
             return (traj["weight"][:-1] * loss).mean() * cfg.loss_scales.critic, (value, ret)
 
         scale, good = state.loss_scale, state.good_steps
-        update_actor = lambda fn: optimize(self.actor_opt, fn, actor_params, state.actor_opt,
-                                           scale[1], good[1], self.fp16)
         update_critic = lambda traj: optimize(self.critic_opt, lambda p: critic_loss_fn(p, traj), critic_params,
                                               state.critic_opt, scale[2], good[2], self.fp16)
         if self.discrete:
-            traj = rollout(jax.tree.map(sg, state.actor))
+            traj, pullback = rollout(jax.tree.map(sg, state.actor), pullbacks=True)
             critic_params_, critic_opt, s2, g2, c_loss, (value, ret), c_grads, c_finite = update_critic(traj)
-            actor_params_, actor_opt, s1, g1, _, aux, a_grads, a_finite = update_actor(
-                lambda p: actor_loss_fn(p, traj, value, ret))
+            loss_scale = scale[1] if self.fp16 else 1.0
+            scaled = lambda outs: (lambda l, aux: (l * loss_scale, aux))(*actor_objective(outs, traj, value, ret))
+            (_, aux), d_outs = jax.value_and_grad(scaled, has_aux=True)(traj["outs"])  # d_outs [K, N, O]
+            per_step = jax.vmap(lambda f, ct: f(ct)[0])(pullback, d_outs.astype(traj["outs"].dtype))
+            a_grads = jax.tree.map(lambda g: g.sum(0) * (1.0 / loss_scale), per_step)
+            actor_params_, actor_opt, s1, g1, a_finite = apply_grads(
+                self.actor_opt, a_grads, actor_params, state.actor_opt, scale[1], good[1], self.fp16)
         else:
-            actor_params_, actor_opt, s1, g1, _, aux, a_grads, a_finite = update_actor(actor_loss_fn)
+            actor_params_, actor_opt, s1, g1, _, aux, a_grads, a_finite = optimize(
+                self.actor_opt, actor_loss_fn, actor_params, state.actor_opt, scale[1], good[1], self.fp16)
             critic_params_, critic_opt, s2, g2, c_loss, (value, _), c_grads, c_finite = update_critic(aux["traj"])
         actor = eqx.combine(actor_params_, actor_static)
         critic = eqx.combine(critic_params_, critic_static)
