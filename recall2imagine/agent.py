@@ -241,7 +241,8 @@ class Agent:
         fs = lambda inputs, name: feature_size(inputs, wm.rssm.feature_sizes(), name)
         a, c = cfg.actor, cfg.critic
         actor_out = self.act_dim if self.discrete else 2 * self.act_dim
-        actor = MLP(fs(a.inputs, "actor.inputs"), a.layers, a.units, actor_out, key=k_actor)
+        self.actor_in = fs(a.inputs, "actor.inputs")
+        actor = MLP(self.actor_in, a.layers, a.units, actor_out, key=k_actor)
         critic = MLP(fs(c.inputs, "critic.inputs"), c.layers, c.units, c.bins, key=k_critic, outscale=c.outscale)
         self.value_bins = dists.twohot_bins(c.bins)
         self.reward_bins = dists.twohot_bins(cfg.reward_head.bins)
@@ -567,15 +568,25 @@ class Agent:
         update_critic = lambda traj: optimize(self.critic_opt, lambda p: critic_loss_fn(p, traj), critic_params,
                                               state.critic_opt, scale[2], good[2], self.fp16)
         if self.discrete:
-            traj, pullback = rollout(jax.tree.map(sg, state.actor), pullbacks=True)
+            # keep the rollout's actor VJPs (they hold the actor's K x N input features) if they fit the budget
+            n_feat = cfg.imag_horizon * start_cont.shape[0] * self.actor_in * jnp.dtype(self.dtype).itemsize
+            reuse = n_feat <= cfg.actor_vjp_mb * 2**20
+            traj, pullback = rollout(jax.tree.map(sg, state.actor), pullbacks=reuse)
             critic_params_, critic_opt, s2, g2, c_loss, (value, ret), c_grads, c_finite = update_critic(traj)
-            loss_scale = scale[1] if self.fp16 else 1.0
-            scaled = lambda outs: (lambda l, aux: (l * loss_scale, aux))(*actor_objective(outs, traj, value, ret))
-            (_, aux), d_outs = jax.value_and_grad(scaled, has_aux=True)(traj["outs"])  # d_outs [K, N, O]
-            per_step = jax.vmap(lambda f, ct: f(ct)[0])(pullback, d_outs.astype(traj["outs"].dtype))
-            a_grads = jax.tree.map(lambda g: g.sum(0) * (1.0 / loss_scale), per_step)
-            actor_params_, actor_opt, s1, g1, a_finite = apply_grads(
-                self.actor_opt, a_grads, actor_params, state.actor_opt, scale[1], good[1], self.fp16)
+            if reuse:
+                loss_scale = scale[1] if self.fp16 else 1.0
+                scaled = lambda outs: (lambda l, aux: (l * loss_scale, aux))(*actor_objective(outs, traj, value, ret))
+                (_, aux), d_outs = jax.value_and_grad(scaled, has_aux=True)(traj["outs"])  # d_outs [K, N, O]
+                per_step = jax.vmap(lambda f, ct: f(ct)[0])(pullback, d_outs.astype(traj["outs"].dtype))
+                a_grads = jax.tree.map(lambda g: g.sum(0) * (1.0 / loss_scale), per_step)
+                actor_params_, actor_opt, s1, g1, a_finite = apply_grads(
+                    self.actor_opt, a_grads, actor_params, state.actor_opt, scale[1], good[1], self.fp16)
+            else:  # a second actor forward over the imagined states
+                feat = traj["feat"].get(tuple(cfg.actor.inputs))
+                feat = features(traj["latents"], cfg.actor.inputs, self.dtype) if feat is None else feat
+                fn = lambda p: actor_objective(eqx.combine(p, actor_static)(feat[:-1]), traj, value, ret)
+                actor_params_, actor_opt, s1, g1, _, aux, a_grads, a_finite = optimize(
+                    self.actor_opt, fn, actor_params, state.actor_opt, scale[1], good[1], self.fp16)
         else:
             actor_params_, actor_opt, s1, g1, _, aux, a_grads, a_finite = optimize(
                 self.actor_opt, actor_loss_fn, actor_params, state.actor_opt, scale[1], good[1], self.fp16)

@@ -212,9 +212,11 @@ def _reference_actor_critic(agent, state, start, start_cont, key):
     return out, retnorm
 
 
-def test_actor_critic_update_matches_slow_reference():
+@pytest.mark.parametrize("actor_vjp_mb", [1024, 0])  # reuse the rollout's actor VJPs / recompute the actor
+def test_actor_critic_update_matches_slow_reference(actor_vjp_mb):
     import equinox as eqx
-    cfg, env, agent = debug_agent("--imag_horizon", "4", "--critic.outscale", "1.0", "--reward_head.outscale", "1.0")
+    cfg, env, agent = debug_agent("--imag_horizon", "4", "--critic.outscale", "1.0", "--reward_head.outscale", "1.0",
+                                  "--actor_vjp_mb", str(actor_vjp_mb))
     batch = random_batch(cfg, env, agent.act_dim, terminal_rate=0.2)
     agent.train(batch, jax.random.PRNGKey(0))  # trained a little: non-trivial critic and slow critic
     state = agent.state
