@@ -534,9 +534,8 @@ class Agent:
 
         def actor_objective(outs, traj, value, ret):
             """Actor loss from its outputs `outs` [K, N, O] for the imagined states 0..K-1."""
-            lo = jnp.percentile(ret, cfg.retnorm.perclo)
-            hi = jnp.percentile(ret, cfg.retnorm.perchi)
-            retnorm = cfg.retnorm.decay * state.retnorm + (1 - cfg.retnorm.decay) * sg(jnp.stack([lo, hi]))
+            lo_hi = jnp.percentile(ret, jnp.array([cfg.retnorm.perclo, cfg.retnorm.perchi]))  # one sort
+            retnorm = cfg.retnorm.decay * state.retnorm + (1 - cfg.retnorm.decay) * sg(lo_hi)
             scale = jnp.maximum(cfg.retnorm.max, retnorm[1] - retnorm[0])
             adv = (ret - value[:-1]) / scale  # [K, N]
             logp, ent = self._logprob_entropy(outs, sg(traj["actions"]))
