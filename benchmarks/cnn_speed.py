@@ -6,9 +6,17 @@ Prints compile time and the mean of 3 timed calls for: encoder forward, encoder 
 image-loss forward and decoder gradient (`ConvEncoder` / `ConvDecoder` from recall2imagine.nets.heads,
 minres 4, decoder input 256 features, CHUNK frames per rematerialised chunk).
 """
-import sys, time, jax, jax.numpy as jnp, equinox as eqx, numpy as np
+import sys
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-from recall2imagine.nets.heads import ConvEncoder, ConvDecoder, Conv
+from recall2imagine.nets.heads import ConvDecoder, ConvEncoder
+
 depth = int(sys.argv[1]); n = int(sys.argv[2]); chunk = int(sys.argv[3]) if len(sys.argv) > 3 else 512
 key = jax.random.PRNGKey(0)
 enc = ConvEncoder(["image"], (64, 64, 3), depth, 4, key=key, chunk=chunk)
