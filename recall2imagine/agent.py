@@ -73,13 +73,6 @@ def optimize(opt, loss_fn, params, opt_state, scale, good, fp16):
         grads = jax.tree.map(lambda g: g * (1.0 / scale), grads)
     else:
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    params, opt_state, scale, good, finite = apply_grads(opt, grads, params, opt_state, scale, good, fp16)
-    return params, opt_state, scale, good, loss, aux, grads, finite
-
-
-def apply_grads(opt, grads, params, opt_state, scale, good, fp16):
-    """The update half of `optimize` for gradients already divided by the loss scale.
-    Returns (params, opt_state, scale, good, finite)."""
     finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
     updates, new_state = opt.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
@@ -91,7 +84,30 @@ def apply_grads(opt, grads, params, opt_state, scale, good, fp16):
         good = jnp.where(finite & ~grow, good + 1, 0)
     else:
         good = jnp.where(finite, good + 1, 0)
-    return params, opt_state, scale, good, finite
+    return params, opt_state, scale, good, loss, aux, grads, finite
+
+
+def replayed_outputs(static):
+    """f(params, saved, outs) -> outs: the outputs an MLP (`static` its non-array part) computed
+    earlier with `call_saving`, stacked [K, N, O] with stage inputs `saved` [K, N, ...], as a
+    function of its parameters. Its gradient runs the MLP's backward pass from the saved inputs,
+    so a loss on those outputs is differentiated without a second forward pass."""
+    flat = lambda x: x.reshape((-1,) + x.shape[2:])  # [K, N, ...] -> [K N, ...]
+
+    @jax.custom_vjp
+    def f(params, saved, outs):
+        return outs
+
+    def fwd(params, saved, outs):
+        return outs, (params, saved)
+
+    def bwd(res, d_outs):
+        params, saved = res
+        grads = eqx.combine(params, static).grads_from_saved([flat(x) for x in saved], flat(d_outs))
+        return eqx.filter(grads, eqx.is_array), jax.tree.map(jnp.zeros_like, saved), jnp.zeros_like(d_outs)
+
+    f.defvjp(fwd, bwd)
+    return f
 
 
 def lambda_return(reward, cont, value, gamma, lam):
@@ -474,34 +490,30 @@ class Agent:
             cont_acc=((cont_logit > 0) == (cont > 0.5)).mean())
         return total, (post, metrics)
 
-    def _imagine(self, wm, actor, start, key, pullbacks=False):
+    def _imagine(self, wm, actor, start, key, save=False):
         """Roll the prior for imag_horizon steps: latents [K+1, N], actions [K, N, A], the actor's
-        outputs [K, N, O] and, with `pullbacks` (else None), the VJPs of each step's actor call
-        with respect to its parameters, stacked over K: the REINFORCE gradient then needs no
-        second actor forward pass over the K x N states."""
-        params, static = eqx.partition(actor, eqx.is_array)
+        outputs [K, N, O] and, with `save` (else None), the input of each stage of each actor call
+        (`MLP.call_saving`), stacked over K: the REINFORCE gradient then needs no second actor
+        forward pass over the K x N states (see `replayed_outputs`)."""
 
         def step(latent, key):
             k1, k2 = jax.random.split(key)
             feat = features(jax.tree.map(sg, latent), self.cfg.actor.inputs, self.dtype)
-            if pullbacks:
-                out, pullback = jax.vjp(lambda p: eqx.combine(p, static)(feat), params)
-            else:
-                out, pullback = actor(feat), None
+            out, saved = actor.call_saving(feat) if save else (actor(feat), None)
             action = self._sample(out, k1)
-            return wm.rssm.img_step(latent, action, k2), (latent, action, out, pullback)
+            return wm.rssm.img_step(latent, action, k2), (latent, action, out, saved)
 
         keys = jax.random.split(key, self.cfg.imag_horizon)
-        last, (latents, actions, outs, pullback) = jax.lax.scan(step, start, keys)
+        last, (latents, actions, outs, saved) = jax.lax.scan(step, start, keys)
         latents = jax.tree.map(lambda xs, x: jnp.concatenate([xs, x[None]], 0), latents, last)
-        return latents, actions, outs, pullback
+        return latents, actions, outs, saved
 
     def _actor_critic(self, state, start, start_cont, key):
         """Imagine from `start` [N], then update the critic and the actor (both from their old params).
 
         Discrete actions (REINFORCE): the rollout needs no gradient, so it runs once outside both
-        losses; it keeps the actor's outputs and their VJPs, so the actor's gradient is the loss's
-        gradient with respect to those outputs pulled back through them, and the critic's logits of
+        losses; it keeps the actor's outputs and each actor layer's inputs, so the actor's gradient
+        is the backward pass from those (no second forward pass), and the critic's logits of
         the K+1 imagined states give its value, the lambda-returns and its loss in one forward pass.
         Continuous actions: the actor's loss backpropagates the returns through the imagined
         dynamics, so it contains the rollout.
@@ -515,11 +527,11 @@ class Agent:
         returns = lambda traj, value: lambda_return(traj["reward"], traj["cont"][1:], value, gamma,
                                                     cfg.return_lambda)  # [K, N]
 
-        def rollout(actor, pullbacks=False):
+        def rollout(actor, save=False):
             """latents [K+1, N], actions [K, N, A], actor outputs [K, N, O], reward [K, N] (r_1..r_K),
             cont/weight [K+1, N], feat: features of the latents per input list ({tuple(inputs): [K+1, N, F]}),
-            pullback: the actor's VJPs (with `pullbacks`)."""
-            latents, actions, outs, pullback = self._imagine(frozen_wm, actor, start, key, pullbacks)
+            saved: the actor's stage inputs (with `save`)."""
+            latents, actions, outs, saved = self._imagine(frozen_wm, actor, start, key, save)
             feat = {}
             for inputs in (cfg.reward_head.inputs, cfg.cont_head.inputs, cfg.critic.inputs):
                 if tuple(inputs) not in feat:
@@ -530,7 +542,7 @@ class Agent:
             cont = jnp.concatenate([start_cont[None], cont], 0)  # [K+1, N]
             weight = sg(jnp.cumprod(gamma * cont, 0) / gamma)
             return dict(latents=latents, actions=actions, outs=outs, reward=reward, cont=cont, weight=weight,
-                        feat=feat), pullback
+                        feat=feat), saved
 
         def actor_objective(outs, traj, value, ret):
             """Actor loss from its outputs `outs` [K, N, O] for the imagined states 0..K-1."""
@@ -567,25 +579,21 @@ class Agent:
         update_critic = lambda traj: optimize(self.critic_opt, lambda p: critic_loss_fn(p, traj), critic_params,
                                               state.critic_opt, scale[2], good[2], self.fp16)
         if self.discrete:
-            # keep the rollout's actor VJPs (they hold the actor's K x N input features) if they fit the budget
-            n_feat = cfg.imag_horizon * start_cont.shape[0] * self.actor_in * jnp.dtype(self.dtype).itemsize
-            reuse = n_feat <= cfg.actor_vjp_mb * 2**20
-            traj, pullback = rollout(jax.tree.map(sg, state.actor), pullbacks=reuse)
+            # keep the actor's input and pre-norm activations from the rollout if they fit the budget
+            a = cfg.actor
+            n_saved = cfg.imag_horizon * start_cont.shape[0] * (self.actor_in + a.layers * a.units)
+            reuse = n_saved * jnp.dtype(self.dtype).itemsize <= cfg.actor_vjp_mb * 2**20
+            traj, saved = rollout(jax.tree.map(sg, state.actor), save=reuse)
             critic_params_, critic_opt, s2, g2, c_loss, (value, ret), c_grads, c_finite = update_critic(traj)
             if reuse:
-                loss_scale = scale[1] if self.fp16 else 1.0
-                scaled = lambda outs: (lambda l, aux: (l * loss_scale, aux))(*actor_objective(outs, traj, value, ret))
-                (_, aux), d_outs = jax.value_and_grad(scaled, has_aux=True)(traj["outs"])  # d_outs [K, N, O]
-                per_step = jax.vmap(lambda f, ct: f(ct)[0])(pullback, d_outs.astype(traj["outs"].dtype))
-                a_grads = jax.tree.map(lambda g: g.sum(0) * (1.0 / loss_scale), per_step)
-                actor_params_, actor_opt, s1, g1, a_finite = apply_grads(
-                    self.actor_opt, a_grads, actor_params, state.actor_opt, scale[1], good[1], self.fp16)
+                outs_of = replayed_outputs(actor_static)
+                fn = lambda p: actor_objective(outs_of(p, saved, traj["outs"]), traj, value, ret)
             else:  # a second actor forward over the imagined states
                 feat = traj["feat"].get(tuple(cfg.actor.inputs))
                 feat = features(traj["latents"], cfg.actor.inputs, self.dtype) if feat is None else feat
                 fn = lambda p: actor_objective(eqx.combine(p, actor_static)(feat[:-1]), traj, value, ret)
-                actor_params_, actor_opt, s1, g1, _, aux, a_grads, a_finite = optimize(
-                    self.actor_opt, fn, actor_params, state.actor_opt, scale[1], good[1], self.fp16)
+            actor_params_, actor_opt, s1, g1, _, aux, a_grads, a_finite = optimize(
+                self.actor_opt, fn, actor_params, state.actor_opt, scale[1], good[1], self.fp16)
         else:
             actor_params_, actor_opt, s1, g1, _, aux, a_grads, a_finite = optimize(
                 self.actor_opt, actor_loss_fn, actor_params, state.actor_opt, scale[1], good[1], self.fp16)

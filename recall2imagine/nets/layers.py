@@ -86,6 +86,51 @@ class MLP(eqx.Module):
             x = self.out(x).astype(jnp.float32)  # output logits / means in float32
         return x
 
+    def call_saving(self, x):
+        """x [N, F] -> (self(x), saved): saved is [x, then each hidden layer's pre-norm activation],
+        all `grads_from_saved` needs (the rest is elementwise and recomputed there)."""
+        saved = [x]
+        for layer in self.hidden:
+            a = layer.dense(x)
+            saved.append(a)
+            x = _norm_silu(layer.norm, a)
+        return (x if self.out is None else _apply_f32(self.out, x)), saved
+
+    def grads_from_saved(self, saved, d_out):
+        """Parameter gradient of <d_out, self(x)> from `call_saving`'s `saved` (any batch shape, the
+        same for all): a module-shaped tree like `self`. No matmul of the forward pass runs again,
+        and each weight gradient contracts over the whole batch in one matmul."""
+        x, pullbacks = saved[0], []
+        for layer, a in zip(self.hidden, saved[1:]):
+            pullbacks.append(jax.vjp(_apply, layer.dense, x)[1])  # its output is `a`: never computed
+            x, pb = jax.vjp(_norm_silu, layer.norm, a)
+            pullbacks.append(pb)
+        if self.out is not None:
+            y, pb = jax.vjp(_apply_f32, self.out, x)
+            pullbacks.append(pb)
+            d_out = d_out.astype(y.dtype)
+        grads = []
+        for pb in reversed(pullbacks):
+            g, d_out = pb(d_out)
+            grads.append(g)
+        return eqx.tree_at(modules_of, self, grads[::-1])
+
+
+def modules_of(mlp):  # MLP -> its parametrised modules in forward order
+    return [m for layer in mlp.hidden for m in (layer.dense, layer.norm)] + ([mlp.out] if mlp.out is not None else [])
+
+
+def _apply(module, x):
+    return module(x)
+
+
+def _apply_f32(module, x):
+    return module(x).astype(jnp.float32)
+
+
+def _norm_silu(norm, x):
+    return jax.nn.silu(norm(x))
+
 
 def feature_size(inputs, sizes, name="inputs"):
     """Width of `features(...)` for the given input keys; `sizes` from `rssm.feature_sizes()`."""
