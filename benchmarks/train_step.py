@@ -358,8 +358,9 @@ def markdown(args, overrides, obs, rows, elapsed):
         "(`(wm)`: the world-model step's, with --agent False)",
         f"- gru actor/critic inputs: {by.get(('gru', lengths[0]), {}).get('actor_inputs', '-') if lengths else '-'}"
         f"; ssm: {by.get(('ssm', lengths[0]), {}).get('actor_inputs', '-') if lengths else '-'}",
-        f"- full agent step imagines from {first.get('imag_starts', '?')} posterior states "
-        f"(`imag_starts`; 0 means all batch*length) x {first.get('imag_horizon', '?')} steps",
+        "- full agent step imagines from "
+        + " / ".join(sorted({str(r["imag_starts"]) for r in rows if "imag_starts" in r}, key=int) or ["?"])
+        + f" posterior states (`imag_starts`, capped at batch x length) x {first.get('imag_horizon', '?')} steps",
         f"- peak memory: {first.get('mem_source', '?')}, one process per point",
         f"- wall time of the benchmark: {elapsed:.0f} s", "",
         "| length | batch | wm ssm ms | wm gru ms | wm gru/ssm | train ssm s | train gru s | train gru/ssm "
