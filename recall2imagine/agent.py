@@ -260,8 +260,11 @@ class Agent:
         self.actor_in = fs(a.inputs, "actor.inputs")
         actor = MLP(self.actor_in, a.layers, a.units, actor_out, key=k_actor)
         critic = MLP(fs(c.inputs, "critic.inputs"), c.layers, c.units, c.bins, key=k_critic, outscale=c.outscale)
-        self.value_bins = dists.twohot_bins(c.bins)
-        self.reward_bins = dists.twohot_bins(cfg.reward_head.bins)
+        for name, head in (("critic", c), ("reward_head", cfg.reward_head)):
+            if head.bins < 2 or not head.bin_max > 0:
+                raise ValueError(f"{name}.bins must be >= 2 and {name}.bin_max > 0, got {head.bins} and {head.bin_max}")
+        self.value_bins = dists.twohot_bins(c.bins, -c.bin_max, c.bin_max)
+        self.reward_bins = dists.twohot_bins(cfg.reward_head.bins, -cfg.reward_head.bin_max, cfg.reward_head.bin_max)
         wm_params = eqx.filter(wm, eqx.is_array)
         m, ao, co = cfg.model_opt, cfg.actor_opt, cfg.critic_opt
         # the S5 leaves form their own group: own lr, own global-norm clip, no weight decay

@@ -101,6 +101,7 @@ class Trainer:
         self.rng = np.random.default_rng(cfg.seed)
         self.key = jax.random.PRNGKey(cfg.seed + 1)
         self.counters = dict(step=0, updates=0, owed=0.0)
+        self.reward_limit = float(np.expm1(cfg.reward_head.bin_max))  # the reward head's largest |reward|
         # with the LFS replay the checkpoints live in the durable tier too, so a restart with a
         # fresh logdir resumes
         durable = getattr(self.replay, "lfs_dir", None)
@@ -153,6 +154,11 @@ class Trainer:
         if self.should_stop():  # a safe point: no update in flight, the transition not yet stored
             raise KeyboardInterrupt
         self.replay.add(tran, workers)
+        if self.reward_limit is not None and np.abs(tran["reward"]).max() > self.reward_limit:
+            warn(f"reward {np.abs(tran['reward']).max():.4g} is outside the reward head's range "
+                 f"(|r| <= {self.reward_limit:.4g}) and is learned as that; raise --reward_head.bin_max "
+                 f"(symlog space, DreamerV3: 20)")
+            self.reward_limit = None  # once per run
         self.counters["step"] += len(workers)
         self.progress.update(self.counters["step"], self.counters["updates"], self.scores)
 

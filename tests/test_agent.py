@@ -261,3 +261,10 @@ def test_precision_auto_is_float32_on_cpu():
     assert resolve_precision("bfloat16") == "bfloat16"
     with pytest.raises(ValueError, match="jax.precision must be auto, float32"):
         resolve_precision("float8")
+
+
+def test_two_hot_bin_range_follows_config():
+    _, _, agent = debug_agent("--reward_head.bin_max", "1.5", "--critic.bin_max", "3")
+    np.testing.assert_allclose([agent.reward_bins[0], agent.reward_bins[-1]], [-1.5, 1.5])
+    np.testing.assert_allclose([agent.value_bins[0], agent.value_bins[-1]], [-3.0, 3.0])
+    assert len(agent.reward_bins) == 255

@@ -50,6 +50,7 @@ def test_debug_run_writes_finite_metrics(tmp_path, configs, task, capsys):
     (["--configs", "debug", "--jax.precision", "float8"], "float32"),
     (["--configs", "debug", "--jax.train_devices", "7"], "no such device; available on cpu: 0"),
     (["--configs", "mmaze", "--envs.amount", "100000"], "Memory Maze envs need about"),
+    (["--configs", "debug", "--reward_head.bin_max", "0"], "reward_head.bin_max > 0"),
 ])
 def test_bad_input_one_line_error(argv, needle, tmp_path, capsys):
     code = train.main([*argv, "--logdir", str(tmp_path / "x")])
@@ -90,3 +91,12 @@ def test_jax_jit_flag_switches_jit_off_and_on():
         assert not jax.config.jax_disable_jit
     finally:
         jax.config.update("jax_disable_jit", False)
+
+
+def test_reward_outside_the_reward_heads_range_warns_once(tmp_path, capsys):
+    """RepeatPreviousEasy's rewards are +-1/48; bins over symlog [-0.01, 0.01] cover |r| <= 0.01005."""
+    code = train.main(["--configs", "popgym", "debug", "--logdir", str(tmp_path / "run"), "--run.steps", "200",
+                       "--run.eval_eps", "0", "--reward_head.bin_max", "0.01"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert err.count("outside the reward head's range (|r| <= 0.01005)") == 1, err
