@@ -88,10 +88,10 @@ def optimize(opt, loss_fn, params, opt_state, scale, good, fp16):
 
 
 def replayed_outputs(static):
-    """f(params, saved, outs) -> outs: the outputs an MLP (`static` its non-array part) computed
-    earlier with `call_saving`, stacked [K, N, O] with stage inputs `saved` [K, N, ...], as a
-    function of its parameters. Its gradient runs the MLP's backward pass from the saved inputs,
-    so a loss on those outputs is differentiated without a second forward pass."""
+    """f(params, saved, outs) -> outs: the outputs [K, N, O] an MLP (`static` its non-array part)
+    computed earlier with `call_saving` at these same `params`, with what that kept (`saved`,
+    arrays [K, N, ...]), as a function of the parameters. Its gradient runs the MLP's backward pass
+    from `saved`, so a loss on those outputs is differentiated without a second forward pass."""
     flat = lambda x: x.reshape((-1,) + x.shape[2:])  # [K, N, ...] -> [K N, ...]
 
     @jax.custom_vjp
