@@ -1,0 +1,137 @@
+"""What a trained RepeatPrevious agent remembers: the numbers behind BENCHMARKS.md's RepeatPreviousEasy diagnosis.
+
+  python benchmarks/probe_memory.py RUN_DIR [--episodes 30] [--probe_episodes 200]
+
+RUN_DIR is a training logdir (config.yaml + checkpoints/) of a POPGym RepeatPrevious task, whose
+observation is the one-hot suit of the current card. Prints
+  * greedy and sampled scores, and the policy's accuracy by position in the episode;
+  * for the rewarded steps, how often the action equals the suit seen L steps back (L = 0..7): the
+    lag with ~100% is the task's; for the wrong actions, the rates at other lags tell guesses (all
+    ~25%) from confusions (one lag high);
+  * linear probes (least squares, half of `--probe_episodes` random-policy episodes held out) of that
+    suit from the posterior latents' `hidden`, `deter` and `stoch` features.
+"""
+import argparse
+import collections
+import pathlib
+import sys
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+LAGS = range(8)
+
+
+def load(run):
+    import jax
+
+    from recall2imagine import config as configlib
+    from recall2imagine.agent import Agent
+    from recall2imagine.checkpoint import Checkpointer
+    from recall2imagine.envs import make_env
+    cfg = configlib.Config.load(run / "config.yaml")
+    jax.config.update("jax_platforms", "cpu")
+    env = make_env(cfg.task, seed=12345)
+    agent = Agent(cfg, env.obs_space, env.act_space, jax.random.PRNGKey(0))
+    step, tree, _ = Checkpointer(run / "checkpoints").load_latest({"agent": agent.state, "key": jax.random.PRNGKey(0)})
+    agent.state = tree["agent"]
+    return cfg, env, agent, step
+
+
+def play(env, agent, episodes, mode, key):
+    """-> scores, per-position correctness, and (action, suits so far, reward) per rewarded step."""
+    import jax
+    scores, by_pos, steps = [], collections.defaultdict(list), []
+    for _ in range(episodes):
+        obs, state, suits, score = env.reset(), None, [], 0.0
+        while True:
+            suits.append(int(np.argmax(obs["vector"])))
+            key, sub = jax.random.split(key)
+            act, state = agent.policy({k: np.asarray(v)[None] for k, v in obs.items()}, state, sub, mode=mode)
+            a = int(np.argmax(act[0]))
+            obs = env.step(act[0])
+            score += float(obs["reward"])
+            if obs["reward"] != 0:
+                by_pos[len(suits)].append(obs["reward"] > 0)
+                steps.append((a, list(suits), float(obs["reward"])))
+            if obs["is_last"]:
+                break
+        scores.append(score)
+    return scores, by_pos, steps, key
+
+
+def lag_rates(steps, right):
+    sel = [(a, s) for a, s, r in steps if (r > 0) == right]
+    return {lag: np.mean([len(s) > lag and s[-1 - lag] == a for a, s in sel]) for lag in LAGS}, len(sel)
+
+
+def probes(env, agent, episodes, lag):
+    import jax
+    import jax.numpy as jnp
+
+    from recall2imagine.nets.layers import features
+    rng = np.random.default_rng(0)
+    obs_eps, act_eps = [], []
+    for _ in range(episodes):  # random actions: the probe is about memory, not the policy
+        obs, os_, as_ = env.reset(), [], []
+        while True:
+            a = np.eye(agent.act_dim, dtype=np.float32)[rng.integers(agent.act_dim)]
+            os_.append(obs["vector"])
+            as_.append(a)
+            obs = env.step(a)
+            if obs["is_last"]:
+                break
+        obs_eps.append(np.stack(os_))
+        act_eps.append(np.stack(as_))
+    T = min(len(o) for o in obs_eps)
+    O, A = jnp.asarray(np.stack([o[:T] for o in obs_eps])), jnp.asarray(np.stack([a[:T] for a in act_eps]))
+    N = O.shape[0]
+    wm = agent.state.wm
+    is_first = jnp.zeros((N, T), bool).at[:, 0].set(True)
+    embed = wm.encoder({"vector": O, "is_first": is_first}, jnp.float32)
+    prev_action = jnp.concatenate([jnp.zeros_like(A[:, :1]), A[:, :-1]], 1)
+    post, _ = wm.rssm.observe(embed, prev_action, is_first, wm.rssm.initial((N,), jnp.float32), jax.random.PRNGKey(3))
+    target = np.argmax(np.asarray(O), -1)[:, :T - lag].reshape(-1)  # the suit `lag` observations back
+    out = {}
+    for name in ("hidden", "deter", "stoch"):
+        if name not in post:
+            continue
+        X = np.asarray(features(post, [name], jnp.float32))[:, lag:].reshape(len(target), -1)
+        X = np.concatenate([X, np.ones((len(X), 1))], 1)
+        Y, n = np.eye(O.shape[-1])[target], len(X) // 2
+        W = np.linalg.solve(X[:n].T @ X[:n] + 1e-2 * np.eye(X.shape[1]), X[:n].T @ Y[:n])
+        out[name] = float(np.mean(np.argmax(X[n:] @ W, -1) == target[n:]))
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("run", type=pathlib.Path)
+    p.add_argument("--episodes", type=int, default=30, help="episodes per acting mode")
+    p.add_argument("--probe_episodes", type=int, default=200)
+    args = p.parse_args(argv)
+    import jax
+    cfg, env, agent, step = load(args.run)
+    print(f"{args.run}: {cfg.task}, checkpoint at step {step}")
+    key, task_lag = jax.random.PRNGKey(1), None
+    for mode in ("eval", "train"):
+        scores, by_pos, steps, key = play(env, agent, args.episodes, mode, key)
+        acc = " ".join(f"{t}:{np.mean(v):.2f}" for t, v in sorted(by_pos.items()))
+        print(f"{'greedy' if mode == 'eval' else 'sampled'}: score {np.mean(scores):.3f}, accuracy by position {acc}")
+        right, n_right = lag_rates(steps, True)
+        wrong, n_wrong = lag_rates(steps, False)
+        task_lag = max(right, key=right.get)
+        print(f"  action = suit L steps back, rewarded steps (n={n_right}): "
+              + " ".join(f"L{lag}:{r:.2f}" for lag, r in right.items()))
+        print(f"  action = suit L steps back, wrong steps (n={n_wrong}): "
+              + " ".join(f"L{lag}:{r:.2f}" for lag, r in wrong.items()))
+    accs = probes(env, agent, args.probe_episodes, task_lag)
+    print(f"linear probe of the suit {task_lag} observations back: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in accs.items()) + f" (chance {1 / agent.act_dim:.2f})")
+
+
+if __name__ == "__main__":
+    main()
