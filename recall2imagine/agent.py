@@ -110,6 +110,13 @@ def replayed_outputs(static):
     return f
 
 
+def _head_bins(name, head):
+    """The two-hot bins of a head config (`bins` over [-bin_max, bin_max] in symlog space), validated."""
+    if head.bins < 2 or not head.bin_max > 0:
+        raise ValueError(f"{name}.bins must be >= 2 and {name}.bin_max > 0, got {head.bins} and {head.bin_max}")
+    return dists.twohot_bins(head.bins, -head.bin_max, head.bin_max)
+
+
 def lambda_return(reward, cont, value, gamma, lam):
     """TD(lambda) returns R_t, t = 0..K-1, bootstrapped with R_K = v_K.
 
@@ -260,11 +267,8 @@ class Agent:
         self.actor_in = fs(a.inputs, "actor.inputs")
         actor = MLP(self.actor_in, a.layers, a.units, actor_out, key=k_actor)
         critic = MLP(fs(c.inputs, "critic.inputs"), c.layers, c.units, c.bins, key=k_critic, outscale=c.outscale)
-        for name, head in (("critic", c), ("reward_head", cfg.reward_head)):
-            if head.bins < 2 or not head.bin_max > 0:
-                raise ValueError(f"{name}.bins must be >= 2 and {name}.bin_max > 0, got {head.bins} and {head.bin_max}")
-        self.value_bins = dists.twohot_bins(c.bins, -c.bin_max, c.bin_max)
-        self.reward_bins = dists.twohot_bins(cfg.reward_head.bins, -cfg.reward_head.bin_max, cfg.reward_head.bin_max)
+        self.value_bins = _head_bins("critic", c)
+        self.reward_bins = _head_bins("reward_head", cfg.reward_head)
         wm_params = eqx.filter(wm, eqx.is_array)
         m, ao, co = cfg.model_opt, cfg.actor_opt, cfg.critic_opt
         # the S5 leaves form their own group: own lr, own global-norm clip, no weight decay
@@ -495,9 +499,9 @@ class Agent:
 
     def _imagine(self, wm, actor, start, key, save=False):
         """Roll the prior for imag_horizon steps: latents [K+1, N], actions [K, N, A], the actor's
-        outputs [K, N, O] and, with `save` (else None), the input of each stage of each actor call
-        (`MLP.call_saving`), stacked over K: the REINFORCE gradient then needs no second actor
-        forward pass over the K x N states (see `replayed_outputs`)."""
+        outputs [K, N, O] and, with `save` (else None), what `MLP.call_saving` keeps of each actor
+        call (its input and hidden pre-norm activations), stacked over K: the REINFORCE gradient then
+        needs no second actor forward pass over the K x N states (see `replayed_outputs`)."""
 
         def step(latent, key):
             k1, k2 = jax.random.split(key)
@@ -533,7 +537,7 @@ class Agent:
         def rollout(actor, save=False):
             """latents [K+1, N], actions [K, N, A], actor outputs [K, N, O], reward [K, N] (r_1..r_K),
             cont/weight [K+1, N], feat: features of the latents per input list ({tuple(inputs): [K+1, N, F]}),
-            saved: the actor's stage inputs (with `save`)."""
+            saved: the actor's saved activations (with `save`)."""
             latents, actions, outs, saved = self._imagine(frozen_wm, actor, start, key, save)
             feat = {}
             for inputs in (cfg.reward_head.inputs, cfg.cont_head.inputs, cfg.critic.inputs):

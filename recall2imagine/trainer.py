@@ -154,8 +154,9 @@ class Trainer:
         if self.should_stop():  # a safe point: no update in flight, the transition not yet stored
             raise KeyboardInterrupt
         self.replay.add(tran, workers)
-        if self.reward_limit is not None and np.abs(tran["reward"]).max() > self.reward_limit:
-            warn(f"reward {np.abs(tran['reward']).max():.4g} is outside the reward head's range "
+        biggest = np.abs(tran["reward"]).max()
+        if self.reward_limit is not None and biggest > self.reward_limit:
+            warn(f"reward {biggest:.4g} is outside the reward head's range "
                  f"(|r| <= {self.reward_limit:.4g}) and is learned as that; raise --reward_head.bin_max "
                  f"(symlog space, DreamerV3: 20)")
             self.reward_limit = None  # once per run
