@@ -6,7 +6,7 @@
 Each run trains in `<logdir>/<task>/seed<k>` (task with ':' and '/' made file-safe) through
 `python -m recall2imagine.train`; flags the sweep does not know are passed to every run. A run
 that finished has `done.json` and is skipped next time; a run that was interrupted or failed is
-started again and resumes from its last checkpoint. Ctrl-C stops the runs (each saves a
+started again and resumes from its last checkpoint. Ctrl-C or SIGTERM stops the runs (each saves a
 checkpoint). At the end, `summary.csv` and `summary.md` list every task and seed with the mean
 return of the last `--last` episodes. For bsuite tasks they also get bsuite's own score per
 experiment (bsuite_score.py; `summary_bsuite.csv` has it per experiment and setting).
@@ -67,6 +67,8 @@ def _run_one(job, stop):
     directory = job["dir"]
     if (directory / "done.json").exists():
         return "done (skipped)"
+    if stop["now"]:  # picked up from the queue after Ctrl-C
+        return "not started"
     directory.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "recall2imagine.train", "--configs", *job["configs"], "--task", job["task"],
            "--seed", str(job["seed"]), "--logdir", str(directory), *job["extra"]]
@@ -85,6 +87,10 @@ def _run_one(job, stop):
     score, episodes = final_return(directory)
     (directory / "done.json").write_text(json.dumps({"score": score, "episodes": episodes}))
     return "done"
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _is_bsuite(task):
@@ -188,6 +194,10 @@ def main(argv=None):
           f"in {args.logdir}", flush=True)
     stop = {"now": False}
     statuses = ["not started"] * len(jobs)
+    # Ctrl-C and SIGTERM both stop the runs cleanly. Installed explicitly: a sweep started in the
+    # background (`cmd &`, nohup) inherits an ignored SIGINT, and SIGTERM's default would kill the
+    # sweep alone and orphan its runs, which live in their own sessions.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     pool = concurrent.futures.ThreadPoolExecutor(max(1, args.workers))
     futures = {pool.submit(_run_one, job, stop): i for i, job in enumerate(jobs)}
     try:
@@ -199,11 +209,13 @@ def main(argv=None):
         stop["now"] = True
         print("\ninterrupted: stopping runs (each saves a checkpoint); run the same command to continue",
               flush=True)
-        for future, i in futures.items():
-            if not future.cancel():
-                statuses[i] = future.result()
+        running = [(future, i) for future, i in futures.items() if not future.cancel()]
+        for future, i in running:
+            statuses[i] = future.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     summarise(args.logdir, jobs, statuses, args.last)
     print(f"summary: {pathlib.Path(args.logdir) / 'summary.md'}", flush=True)
     print((pathlib.Path(args.logdir) / "summary.md").read_text(), flush=True)

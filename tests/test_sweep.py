@@ -1,4 +1,11 @@
 import csv
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -35,3 +42,41 @@ def test_two_tiny_runs_and_summary(tmp_path, capsys):
     capsys.readouterr()
     assert sweep.main(argv) == 0
     assert capsys.readouterr().out.count(": done (skipped)") == 2
+
+
+def test_interrupted_sweep_keeps_its_episodes_and_continues(tmp_path):
+    """SIGINT to a sweep started in the background (SIGINT inherited as ignored, as `cmd &` does):
+    the running run saves and stops (no orphan), its episodes stay in the logs, and the same
+    command with a reachable step budget finishes it and the run not yet started."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    argv = [sys.executable, "-m", "recall2imagine.sweep", "--configs", "bsuite", "debug", "--tasks",
+            "bsuite:memory_len/0-1", "--seeds", "1", "--workers", "1", "--logdir", str(tmp_path),
+            "--run.loggers", "jsonl", "--run.log_every", "1", "--last", "5"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(argv + ["--run.steps", "1000000"], cwd=root, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    first = tmp_path / "bsuite_memory_len_0" / "seed0"
+    deadline = time.time() + 180
+    while time.time() < deadline and sweep.final_return(first)[1] < 20:
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out[-2000:]
+    assert "interrupted: stopping runs" in out
+    with open(tmp_path / "summary.csv") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["interrupted", "not started"]
+    log = (first / "sweep.log").read_text()
+    assert "stopped:" in log  # the run itself stopped cleanly (saved), it was not killed
+    assert not subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True).stdout  # no orphan
+    before = sweep.final_return(first)[1]
+    assert before >= 20
+    step = max(json.loads(line).get("step", 0) for line in open(first / "metrics.jsonl"))
+    rerun = subprocess.run(argv + ["--run.steps", str(step + 100)], cwd=root, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    with open(tmp_path / "summary.csv") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["done", "done"]
+    assert sweep.final_return(first)[1] > before  # resumed: the old episodes plus new ones
+    assert "resum" in (first / "sweep.log").read_text().lower()
