@@ -9,7 +9,9 @@ observation is the one-hot suit of the current card. Prints
     lag with ~100% is the task's; for the wrong actions, the rates at other lags tell guesses (all
     ~25%) from confusions (one lag high);
   * linear probes (least squares, half of `--probe_episodes` random-policy episodes held out) of that
-    suit from the posterior latents' `hidden`, `deter` and `stoch` features.
+    suit from the posterior latents' `hidden`, `deter` and `stoch` features;
+  * on the same states, one imagined step with each action: how often the reward head prefers the
+    rewarded action, against how often the greedy actor picks it.
 """
 import argparse
 import collections
@@ -95,7 +97,7 @@ def probes(env, agent, episodes, lag):
     prev_action = jnp.concatenate([jnp.zeros_like(A[:, :1]), A[:, :-1]], 1)
     post, _ = wm.rssm.observe(embed, prev_action, is_first, wm.rssm.initial((N,), jnp.float32), jax.random.PRNGKey(3))
     target = np.argmax(np.asarray(O), -1)[:, :T - lag].reshape(-1)  # the suit `lag` observations back
-    out = {}
+    out = {"wm_actor": reward_check(agent, post, np.argmax(np.asarray(O), -1), lag)}
     for name in ("hidden", "deter", "stoch"):
         if name not in post:
             continue
@@ -105,6 +107,33 @@ def probes(env, agent, episodes, lag):
         W = np.linalg.solve(X[:n].T @ X[:n] + 1e-2 * np.eye(X.shape[1]), X[:n].T @ Y[:n])
         out[name] = float(np.mean(np.argmax(X[n:] @ W, -1) == target[n:]))
     return out
+
+
+def reward_check(agent, post, suits, lag):
+    """From each posterior state (random-policy episodes, steps lag..T-1), one imagined step with every
+    action: does the reward head prefer the rewarded action (the suit `lag` observations back), and
+    does the actor pick it? -> (world model's accuracy, actor's accuracy, mean predicted reward for
+    the rewarded action and for the others). Equal accuracies mean the actor knows what the world
+    model knows: the model's memory, not the actor, limits the score."""
+    import jax
+    import jax.numpy as jnp
+
+    from recall2imagine.nets import dists
+    from recall2imagine.nets.layers import features
+    wm, actor, cfg = agent.state.wm, agent.state.actor, agent.cfg
+    start = {k: v[:, lag:].reshape(-1, *v.shape[2:]) for k, v in post.items()}  # [M, ...]
+    target = suits[:, :suits.shape[1] - lag].reshape(-1)
+    preds = []
+    for a in range(agent.act_dim):
+        act = jnp.zeros((len(target), agent.act_dim)).at[:, a].set(1.0)
+        nxt = wm.rssm.img_step(start, act, jax.random.PRNGKey(a))
+        logits = wm.reward(features(nxt, cfg.reward_head.inputs, jnp.float32))
+        preds.append(np.asarray(dists.twohot_mean(logits, agent.reward_bins)))
+    preds = np.stack(preds, -1)  # [M, A]
+    chosen = np.asarray(agent._act(actor, start, jax.random.PRNGKey(0), True)).argmax(-1)
+    right = np.eye(agent.act_dim, dtype=bool)[target]
+    return (float(np.mean(preds.argmax(-1) == target)), float(np.mean(chosen == target)),
+            float(preds[right].mean()), float(preds[~right].mean()))
 
 
 def main(argv=None):
@@ -129,6 +158,10 @@ def main(argv=None):
         print(f"  action = suit L steps back, wrong steps (n={n_wrong}): "
               + " ".join(f"L{lag}:{r:.2f}" for lag, r in wrong.items()))
     accs = probes(env, agent, args.probe_episodes, task_lag)
+    wm_acc, actor_acc, r_right, r_wrong = accs.pop("wm_actor")
+    print(f"one imagined step from random-policy states: the reward head prefers the rewarded action "
+          f"{wm_acc:.3f} of the time (predicted reward {r_right:+.4f} for it, {r_wrong:+.4f} for the others); "
+          f"the greedy actor picks it {actor_acc:.3f}")
     print(f"linear probe of the suit {task_lag} observations back: "
           + ", ".join(f"{k} {v:.3f}" for k, v in accs.items()) + f" (chance {1 / agent.act_dim:.2f})")
 
