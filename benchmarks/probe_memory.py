@@ -1,6 +1,6 @@
 """What a trained RepeatPrevious agent remembers: the numbers behind BENCHMARKS.md's RepeatPreviousEasy diagnosis.
 
-  python benchmarks/probe_memory.py RUN_DIR [--episodes 30] [--probe_episodes 200]
+  python benchmarks/probe_memory.py RUN_DIR [--episodes 30] [--probe_episodes 200] [--lags 0 1 2]
 
 RUN_DIR is a training logdir (config.yaml + checkpoints/) of a POPGym RepeatPrevious task, whose
 observation is the one-hot suit of the current card. Prints
@@ -70,14 +70,15 @@ def lag_rates(steps, right):
     return {lag: np.mean([len(s) > lag and s[-1 - lag] == a for a, s in sel]) for lag in LAGS}, len(sel)
 
 
-def probes(env, agent, episodes, lag):
+def random_posteriors(env, agent, episodes):
+    """Posterior latents of `episodes` random-policy episodes (cut to the shortest) and their one-hot
+    suits: (post {k: [N, T, ...]}, obs [N, T, C]). Random actions: the probes are about memory, not
+    the policy."""
     import jax
     import jax.numpy as jnp
-
-    from recall2imagine.nets.layers import features
     rng = np.random.default_rng(0)
     obs_eps, act_eps = [], []
-    for _ in range(episodes):  # random actions: the probe is about memory, not the policy
+    for _ in range(episodes):
         obs, os_, as_ = env.reset(), [], []
         while True:
             a = np.eye(agent.act_dim, dtype=np.float32)[rng.integers(agent.act_dim)]
@@ -96,20 +97,28 @@ def probes(env, agent, episodes, lag):
     embed = wm.encoder({"vector": O, "is_first": is_first}, jnp.float32)
     prev_action = jnp.concatenate([jnp.zeros_like(A[:, :1]), A[:, :-1]], 1)
     post, _ = wm.rssm.observe(embed, prev_action, is_first, wm.rssm.initial((N,), jnp.float32), jax.random.PRNGKey(3))
-    target = np.argmax(np.asarray(O), -1)[:, :T - lag].reshape(-1)  # the suit `lag` observations back
-    out = {"wm_actor": reward_check(agent, post, np.argmax(np.asarray(O), -1), lag)}
+    return post, np.asarray(O)
+
+
+def probes(post, obs, lag):
+    """Linear probes: {feature: held-out accuracy of reading the suit `lag` observations back}."""
+    import jax.numpy as jnp
+
+    from recall2imagine.nets.layers import features
+    target = np.argmax(obs, -1)[:, :obs.shape[1] - lag].reshape(-1)  # the suit `lag` observations back
+    out = {}
     for name in ("hidden", "deter", "stoch"):
         if name not in post:
             continue
         X = np.asarray(features(post, [name], jnp.float32))[:, lag:].reshape(len(target), -1)
         X = np.concatenate([X, np.ones((len(X), 1))], 1)
-        Y, n = np.eye(O.shape[-1])[target], len(X) // 2
+        Y, n = np.eye(obs.shape[-1])[target], len(X) // 2
         W = np.linalg.solve(X[:n].T @ X[:n] + 1e-2 * np.eye(X.shape[1]), X[:n].T @ Y[:n])
         out[name] = float(np.mean(np.argmax(X[n:] @ W, -1) == target[n:]))
     return out
 
 
-def reward_check(agent, post, suits, lag):
+def reward_check(agent, post, obs, lag):
     """From each posterior state (random-policy episodes, steps lag..T-1), one imagined step with every
     action: does the reward head prefer the rewarded action (the suit `lag` observations back), and
     does the actor pick it? -> (world model's accuracy, actor's accuracy, mean predicted reward for
@@ -122,7 +131,7 @@ def reward_check(agent, post, suits, lag):
     from recall2imagine.nets.layers import features
     wm, actor, cfg = agent.state.wm, agent.state.actor, agent.cfg
     start = {k: v[:, lag:].reshape(-1, *v.shape[2:]) for k, v in post.items()}  # [M, ...]
-    target = suits[:, :suits.shape[1] - lag].reshape(-1)
+    target = np.argmax(obs, -1)[:, :obs.shape[1] - lag].reshape(-1)
     preds = []
     for a in range(agent.act_dim):
         act = jnp.zeros((len(target), agent.act_dim)).at[:, a].set(1.0)
@@ -141,6 +150,8 @@ def main(argv=None):
     p.add_argument("run", type=pathlib.Path)
     p.add_argument("--episodes", type=int, default=30, help="episodes per acting mode")
     p.add_argument("--probe_episodes", type=int, default=200)
+    p.add_argument("--lags", type=int, nargs="*", default=[],
+                   help="also probe the suit these many observations back (0: the current card)")
     args = p.parse_args(argv)
     import jax
     cfg, env, agent, step = load(args.run)
@@ -157,13 +168,15 @@ def main(argv=None):
               + " ".join(f"L{lag}:{r:.2f}" for lag, r in right.items()))
         print(f"  action = suit L steps back, wrong steps (n={n_wrong}): "
               + " ".join(f"L{lag}:{r:.2f}" for lag, r in wrong.items()))
-    accs = probes(env, agent, args.probe_episodes, task_lag)
-    wm_acc, actor_acc, r_right, r_wrong = accs.pop("wm_actor")
+    post, obs = random_posteriors(env, agent, args.probe_episodes)
+    wm_acc, actor_acc, r_right, r_wrong = reward_check(agent, post, obs, task_lag)
     print(f"one imagined step from random-policy states: the reward head prefers the rewarded action "
           f"{wm_acc:.3f} of the time (predicted reward {r_right:+.4f} for it, {r_wrong:+.4f} for the others); "
           f"the greedy actor picks it {actor_acc:.3f}")
-    print(f"linear probe of the suit {task_lag} observations back: "
-          + ", ".join(f"{k} {v:.3f}" for k, v in accs.items()) + f" (chance {1 / agent.act_dim:.2f})")
+    for lag in [task_lag] + [lag for lag in args.lags if lag != task_lag]:
+        accs = probes(post, obs, lag)
+        print(f"linear probe of the suit {lag} observations back: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in accs.items()) + f" (chance {1 / agent.act_dim:.2f})")
 
 
 if __name__ == "__main__":
