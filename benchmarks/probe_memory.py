@@ -70,18 +70,16 @@ def lag_rates(steps, right):
     return {lag: np.mean([len(s) > lag and s[-1 - lag] == a for a, s in sel]) for lag in LAGS}, len(sel)
 
 
-def random_posteriors(env, agent, episodes):
-    """Posterior latents of `episodes` random-policy episodes (cut to the shortest) and their one-hot
-    suits: (post {k: [N, T, ...]}, obs [N, T, C]). Random actions: the probes are about memory, not
+def random_episodes(env, act_dim, episodes, seed=0):
+    """`episodes` random-policy episodes cut to the shortest: (obs [N, T, C] one-hot suits, actions
+    [N, T, A] one-hot, action t chosen after obs t). Random actions: the probes are about memory, not
     the policy."""
-    import jax
-    import jax.numpy as jnp
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     obs_eps, act_eps = [], []
     for _ in range(episodes):
         obs, os_, as_ = env.reset(), [], []
         while True:
-            a = np.eye(agent.act_dim, dtype=np.float32)[rng.integers(agent.act_dim)]
+            a = np.eye(act_dim, dtype=np.float32)[rng.integers(act_dim)]
             os_.append(obs["vector"])
             as_.append(a)
             obs = env.step(a)
@@ -90,14 +88,27 @@ def random_posteriors(env, agent, episodes):
         obs_eps.append(np.stack(os_))
         act_eps.append(np.stack(as_))
     T = min(len(o) for o in obs_eps)
-    O, A = jnp.asarray(np.stack([o[:T] for o in obs_eps])), jnp.asarray(np.stack([a[:T] for a in act_eps]))
-    N = O.shape[0]
+    return np.stack([o[:T] for o in obs_eps]), np.stack([a[:T] for a in act_eps])
+
+
+def posteriors(agent, obs, actions):
+    """Posterior latents {k: [N, T, ...]} of the agent's world model on whole episodes from a zero state."""
+    import jax
+    import jax.numpy as jnp
+    O, A = jnp.asarray(obs), jnp.asarray(actions)
+    N, T = O.shape[:2]
     wm = agent.state.wm
     is_first = jnp.zeros((N, T), bool).at[:, 0].set(True)
     embed = wm.encoder({"vector": O, "is_first": is_first}, jnp.float32)
     prev_action = jnp.concatenate([jnp.zeros_like(A[:, :1]), A[:, :-1]], 1)
     post, _ = wm.rssm.observe(embed, prev_action, is_first, wm.rssm.initial((N,), jnp.float32), jax.random.PRNGKey(3))
-    return post, np.asarray(O)
+    return post
+
+
+def random_posteriors(env, agent, episodes):
+    """(post {k: [N, T, ...]}, obs [N, T, C]) of `episodes` random-policy episodes."""
+    obs, actions = random_episodes(env, agent.act_dim, episodes)
+    return posteriors(agent, obs, actions), obs
 
 
 def probes(post, obs, lag):

@@ -1,0 +1,127 @@
+"""How many updates a world model needs to learn a RepeatPrevious reward that needs memory.
+
+  python benchmarks/wm_memory.py --configs popgym cpu --rssm.hidden 64 --free_bits 2.0 \\
+      [--task gym_popgym:popgym-RepeatPreviousMedium-v0] [--updates 12000] [--eval_every 500] [--seed 0]
+
+World-model-only training on random-policy data, no actor or critic. On RepeatPrevious the full
+agent stays at chance until its reward head learns that the reward depends on the card `lag`
+observations back (3 for Easy, 31 for Medium, 63 for Hard), and that onset is set by the world
+model; imagination dominates a CPU update, so this finds the onset several times faster than a
+training run and compares settings on the same data.
+
+Collects `--data_episodes` random-policy episodes (a random policy is balanced: a quarter of the
+actions are rewarded) and trains the world model with the run's own loss and optimiser on
+[batch_size, batch_length] windows cut anywhere from the stream of episodes (they cross episode
+boundaries, as replayed windows do). Every `--eval_every` updates it prints the training losses
+and, on `--eval_episodes` other episodes played from a zero state, how often the reward head
+prefers the rewarded action after one imagined step with each action (`probe_memory.reward_check`;
+chance 1/4) and how well a linear probe reads the card `lag` observations back from the SSM state.
+Flags it does not know are config overrides, as for `recall2imagine.train`.
+"""
+import argparse
+import pathlib
+import re
+import sys
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+LAGS = {"Easy": 3, "Medium": 31, "Hard": 63}  # POPGym RepeatPrevious: k = 4, 32, 64 cards back
+
+
+def task_lag(task):
+    m = re.search(r"RepeatPrevious(Easy|Medium|Hard)", task)
+    if not m:
+        raise SystemExit(f"wm_memory: {task} is not a POPGym RepeatPrevious task; "
+                         "pass --task gym_popgym:popgym-RepeatPrevious{Easy,Medium,Hard}-v0")
+    return LAGS[m.group(1)]
+
+
+def stream(env, act_dim, episodes, rng):
+    """Random-policy episodes laid end to end like replay rows: {key: [N_steps, ...]}. Row t holds
+    obs t, the reward and flags that came with it, and the action chosen after it."""
+    rows = {k: [] for k in ("vector", "reward", "is_first", "is_last", "is_terminal", "action")}
+    for _ in range(episodes):
+        obs = env.reset()
+        while True:
+            a = np.eye(act_dim, dtype=np.float32)[rng.integers(act_dim)]
+            for k in rows:
+                rows[k].append(a if k == "action" else obs[k])
+            if obs["is_last"]:
+                break
+            obs = env.step(a)
+    return {k: np.asarray(v, np.float32 if k in ("vector", "reward", "action") else bool) for k, v in rows.items()}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--updates", type=int, default=12000)
+    p.add_argument("--eval_every", type=int, default=500)
+    p.add_argument("--data_episodes", type=int, default=2000)
+    p.add_argument("--eval_episodes", type=int, default=100)
+    args, overrides = p.parse_known_args(argv)
+
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    from probe_memory import posteriors, probes, random_episodes, reward_check
+    from recall2imagine import config as configlib
+    from recall2imagine.agent import Agent, optimize
+    from recall2imagine.envs import make_env
+    cfg = configlib.parse(overrides)
+    jax.config.update("jax_platforms", cfg.jax.platform if cfg.jax.platform != "auto" else "cpu")
+    lag = task_lag(cfg.task)
+    env = make_env(cfg.task, seed=cfg.seed)
+    agent = Agent(cfg, env.obs_space, env.act_space, jax.random.PRNGKey(cfg.seed))
+    rng = np.random.default_rng(cfg.seed)
+    t0 = time.time()
+    data = stream(env, agent.act_dim, args.data_episodes, rng)
+    eval_obs, eval_act = random_episodes(make_env(cfg.task, seed=cfg.seed + 10_000), agent.act_dim,
+                                         args.eval_episodes, seed=cfg.seed + 1)
+    n_rows, B, T = len(data["reward"]), cfg.batch_size, cfg.batch_length
+    print(f"{cfg.task}: lag {lag}, {n_rows} random-policy steps ({time.time() - t0:.0f} s), "
+          f"updates of {B} x {T}; overrides: {' '.join(overrides)}", flush=True)
+
+    @eqx.filter_jit
+    def update(wm, opt_state, batch, key):
+        params, static = eqx.partition(wm, eqx.is_array)
+        loss_fn = lambda p: agent._wm_loss(eqx.combine(p, static), batch, key)
+        params, opt_state, *_, (_, metrics), _, _ = optimize(
+            agent.wm_opt, loss_fn, params, opt_state, jnp.float32(1), jnp.int32(0), agent.fp16)
+        return eqx.combine(params, static), opt_state, metrics
+
+    wm, opt_state, key = agent.state.wm, agent.state.wm_opt, jax.random.PRNGKey(cfg.seed)
+    sums, onset, t0 = {}, None, time.time()
+    for i in range(1, args.updates + 1):
+        starts = rng.integers(0, n_rows - T, B)
+        idx = starts[:, None] + np.arange(T)  # [B, T]
+        batch = {k: v[idx] for k, v in data.items()}
+        key, sub = jax.random.split(key)
+        wm, opt_state, metrics = update(wm, opt_state, batch, sub)
+        for k in ("reward_loss", "vector_loss", "kl_dyn"):
+            sums[k] = sums.get(k, 0.0) + float(metrics[k])
+        if i % args.eval_every == 0 or i == args.updates:
+            n = args.eval_every if i % args.eval_every == 0 else i % args.eval_every
+            agent.state = agent.state._replace(wm=wm, wm_opt=opt_state)
+            post = posteriors(agent, eval_obs, eval_act)
+            acc, _, r_right, r_wrong = reward_check(agent, post, eval_obs, lag)
+            hidden = probes(post, eval_obs, lag).get("hidden", float("nan"))
+            if onset is None and acc >= 0.5:
+                onset = i
+            print(f"update {i:6d} ({time.time() - t0:5.0f} s) | "
+                  + " ".join(f"{k} {v / n:.4f}" for k, v in sums.items())
+                  + f" | reward head prefers the rewarded action {acc:.3f} ({r_right:+.4f} vs {r_wrong:+.4f})"
+                  f" | probe lag {lag} from hidden {hidden:.3f}", flush=True)
+            sums = {}
+    print(f"onset (reward-head accuracy >= 0.5): {'update ' + str(onset) if onset else 'not reached'} "
+          f"of {args.updates}; final accuracy {acc:.3f}")
+
+
+if __name__ == "__main__":
+    main()
