@@ -129,18 +129,16 @@ def probes(post, obs, lag):
     return out
 
 
-def reward_check(agent, post, obs, lag):
-    """From each posterior state (random-policy episodes, steps lag..T-1), one imagined step with every
-    action: does the reward head prefer the rewarded action (the suit `lag` observations back), and
-    does the actor pick it? -> (world model's accuracy, actor's accuracy, mean predicted reward for
-    the rewarded action and for the others). Equal accuracies mean the actor knows what the world
-    model knows: the model's memory, not the actor, limits the score."""
+def imagined_rewards(agent, post, obs, lag):
+    """From each posterior state (steps lag..T-1 of the episodes), one imagined step with every action:
+    -> (start latents {k: [M, ...]}, predicted rewards [M, A], target [M]: the suit `lag` observations
+    back, i.e. the rewarded action)."""
     import jax
     import jax.numpy as jnp
 
     from recall2imagine.nets import dists
     from recall2imagine.nets.layers import features
-    wm, actor, cfg = agent.state.wm, agent.state.actor, agent.cfg
+    wm, cfg = agent.state.wm, agent.cfg
     start = {k: v[:, lag:].reshape(-1, *v.shape[2:]) for k, v in post.items()}  # [M, ...]
     target = np.argmax(obs, -1)[:, :obs.shape[1] - lag].reshape(-1)
     preds = []
@@ -149,8 +147,17 @@ def reward_check(agent, post, obs, lag):
         nxt = wm.rssm.img_step(start, act, jax.random.PRNGKey(a))
         logits = wm.reward(features(nxt, cfg.reward_head.inputs, jnp.float32))
         preds.append(np.asarray(dists.twohot_mean(logits, agent.reward_bins)))
-    preds = np.stack(preds, -1)  # [M, A]
-    chosen = np.asarray(agent._act(actor, start, jax.random.PRNGKey(0), True)).argmax(-1)
+    return start, np.stack(preds, -1), target
+
+
+def reward_check(agent, post, obs, lag):
+    """On random-policy states (see `imagined_rewards`): does the reward head prefer the rewarded
+    action, and does the actor pick it? -> (world model's accuracy, actor's accuracy, mean predicted
+    reward for the rewarded action and for the others). Equal accuracies mean the actor knows what
+    the world model knows: the model's memory, not the actor, limits the score."""
+    import jax
+    start, preds, target = imagined_rewards(agent, post, obs, lag)
+    chosen = np.asarray(agent._act(agent.state.actor, start, jax.random.PRNGKey(0), True)).argmax(-1)
     right = np.eye(agent.act_dim, dtype=bool)[target]
     return (float(np.mean(preds.argmax(-1) == target)), float(np.mean(chosen == target)),
             float(preds[right].mean()), float(preds[~right].mean()))

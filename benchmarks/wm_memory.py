@@ -15,7 +15,14 @@ actions are rewarded) and trains the world model with the run's own loss and opt
 boundaries, as replayed windows do). Every `--eval_every` updates it prints the training losses
 and, on `--eval_episodes` other episodes played from a zero state, how often the reward head
 prefers the rewarded action after one imagined step with each action (`probe_memory.reward_check`;
-chance 1/4) and how well a linear probe reads the card `lag` observations back from the SSM state.
+chance 1/4), how well the reward predicted for action 0 alone separates the states where action 0 is
+rewarded from the others (ROC AUC; chance 0.5), and how well a linear probe reads the card `lag`
+observations back from the SSM state.
+
+`--bias p` makes the behaviour policy play action 0 with probability p (else uniformly): with p = 1
+the reward is a function of the old card alone ("was it suit 0?"), as it becomes for the training
+agent once its policy entropy has collapsed; with p = 0 (uniform) it is a function of the action and
+the old card together, which has no first-order signal.
 Flags it does not know are config overrides, as for `recall2imagine.train`.
 """
 import argparse
@@ -42,14 +49,14 @@ def task_lag(task):
     return LAGS[m.group(1)]
 
 
-def stream(env, act_dim, episodes, rng):
+def stream(env, act_dim, episodes, rng, bias):
     """Random-policy episodes laid end to end like replay rows: {key: [N_steps, ...]}. Row t holds
     obs t, the reward and flags that came with it, and the action chosen after it."""
     rows = {k: [] for k in ("vector", "reward", "is_first", "is_last", "is_terminal", "action")}
     for _ in range(episodes):
         obs = env.reset()
         while True:
-            a = np.eye(act_dim, dtype=np.float32)[rng.integers(act_dim)]
+            a = np.eye(act_dim, dtype=np.float32)[0 if rng.random() < bias else rng.integers(act_dim)]
             for k in rows:
                 rows[k].append(a if k == "action" else obs[k])
             if obs["is_last"]:
@@ -58,19 +65,27 @@ def stream(env, act_dim, episodes, rng):
     return {k: np.asarray(v, np.float32 if k in ("vector", "reward", "action") else bool) for k, v in rows.items()}
 
 
+def roc_auc(score, positive):
+    """P(score of a positive > score of a negative), ties counted half."""
+    pos, neg = score[positive], np.sort(score[~positive])
+    below, not_above = np.searchsorted(neg, pos, "left"), np.searchsorted(neg, pos, "right")
+    return float((below + 0.5 * (not_above - below)).sum() / (len(pos) * len(neg)))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--updates", type=int, default=12000)
     p.add_argument("--eval_every", type=int, default=500)
     p.add_argument("--data_episodes", type=int, default=2000)
     p.add_argument("--eval_episodes", type=int, default=100)
+    p.add_argument("--bias", type=float, default=0.0, help="probability of playing action 0 (else uniform)")
     args, overrides = p.parse_known_args(argv)
 
     import equinox as eqx
     import jax
     import jax.numpy as jnp
 
-    from probe_memory import posteriors, probes, random_episodes, reward_check
+    from probe_memory import imagined_rewards, posteriors, probes, random_episodes
     from recall2imagine import config as configlib
     from recall2imagine.agent import Agent, optimize
     from recall2imagine.envs import make_env
@@ -81,11 +96,11 @@ def main(argv=None):
     agent = Agent(cfg, env.obs_space, env.act_space, jax.random.PRNGKey(cfg.seed))
     rng = np.random.default_rng(cfg.seed)
     t0 = time.time()
-    data = stream(env, agent.act_dim, args.data_episodes, rng)
+    data = stream(env, agent.act_dim, args.data_episodes, rng, args.bias)
     eval_obs, eval_act = random_episodes(make_env(cfg.task, seed=cfg.seed + 10_000), agent.act_dim,
                                          args.eval_episodes, seed=cfg.seed + 1)
     n_rows, B, T = len(data["reward"]), cfg.batch_size, cfg.batch_length
-    print(f"{cfg.task}: lag {lag}, {n_rows} random-policy steps ({time.time() - t0:.0f} s), "
+    print(f"{cfg.task}: lag {lag}, {n_rows} steps of a policy playing action 0 with probability {args.bias:g} + uniform ({time.time() - t0:.0f} s), "
           f"updates of {B} x {T}; overrides: {' '.join(overrides)}", flush=True)
 
     @eqx.filter_jit
@@ -97,7 +112,7 @@ def main(argv=None):
         return eqx.combine(params, static), opt_state, metrics
 
     wm, opt_state, key = agent.state.wm, agent.state.wm_opt, jax.random.PRNGKey(cfg.seed)
-    sums, onset, t0 = {}, None, time.time()
+    sums, onset, onset0, t0 = {}, None, None, time.time()
     for i in range(1, args.updates + 1):
         starts = rng.integers(0, n_rows - T, B)
         idx = starts[:, None] + np.arange(T)  # [B, T]
@@ -110,17 +125,21 @@ def main(argv=None):
             n = args.eval_every if i % args.eval_every == 0 else i % args.eval_every
             agent.state = agent.state._replace(wm=wm, wm_opt=opt_state)
             post = posteriors(agent, eval_obs, eval_act)
-            acc, _, r_right, r_wrong = reward_check(agent, post, eval_obs, lag)
+            _, preds, target = imagined_rewards(agent, post, eval_obs, lag)
+            acc, auc = float(np.mean(preds.argmax(-1) == target)), roc_auc(preds[:, 0], target == 0)
             hidden = probes(post, eval_obs, lag).get("hidden", float("nan"))
             if onset is None and acc >= 0.5:
                 onset = i
+            if onset0 is None and auc >= 0.75:
+                onset0 = i
             print(f"update {i:6d} ({time.time() - t0:5.0f} s) | "
                   + " ".join(f"{k} {v / n:.4f}" for k, v in sums.items())
-                  + f" | reward head prefers the rewarded action {acc:.3f} ({r_right:+.4f} vs {r_wrong:+.4f})"
+                  + f" | reward head prefers the rewarded action {acc:.3f}, action-0 AUC {auc:.3f}"
                   f" | probe lag {lag} from hidden {hidden:.3f}", flush=True)
             sums = {}
-    print(f"onset (reward-head accuracy >= 0.5): {'update ' + str(onset) if onset else 'not reached'} "
-          f"of {args.updates}; final accuracy {acc:.3f}")
+    at = lambda u: f"update {u}" if u else "not reached"
+    print(f"of {args.updates} updates: reward-head accuracy >= 0.5 at {at(onset)}, action-0 AUC >= 0.75 at "
+          f"{at(onset0)}; final accuracy {acc:.3f}, AUC {auc:.3f}")
 
 
 if __name__ == "__main__":
