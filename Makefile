@@ -14,7 +14,7 @@ APT_FAILED_STAMP := $(VENV)/.r2i-apt-failed
 # Headless rendering (EGL / OSMesa / GLFW) for Memory Maze.
 APT_PACKAGES := libegl1 libgl1 libosmesa6 libglfw3 libgl1-mesa-dri
 
-TRAIN_ARGS ?= --configs popgym cpu --task gym_popgym:popgym-RepeatPreviousEasy-v0 --run.steps 20000
+TRAIN_ARGS ?= --configs popgym popgym_cpu --task gym_popgym:popgym-RepeatPreviousEasy-v0 --run.steps 20000
 ARGS ?=
 PYTEST_ARGS ?=
 
