@@ -57,8 +57,8 @@ def stream(env, act_dim, episodes, rng, bias):
         obs = env.reset()
         while True:
             a = np.eye(act_dim, dtype=np.float32)[0 if rng.random() < bias else rng.integers(act_dim)]
-            for k in rows:
-                rows[k].append(a if k == "action" else obs[k])
+            for k, column in rows.items():
+                column.append(a if k == "action" else obs[k])
             if obs["is_last"]:
                 break
             obs = env.step(a)
@@ -84,8 +84,8 @@ def main(argv=None):
     import equinox as eqx
     import jax
     import jax.numpy as jnp
-
     from probe_memory import imagined_rewards, posteriors, probes, random_episodes
+
     from recall2imagine import config as configlib
     from recall2imagine.agent import Agent, optimize
     from recall2imagine.envs import make_env

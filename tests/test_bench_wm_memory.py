@@ -1,0 +1,62 @@
+"""benchmarks/wm_memory.py: the AUC against brute force, the replay-like stream, a tiny end-to-end run."""
+import importlib.util
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "wm_memory.py"
+
+
+def _module():
+    sys.path.insert(0, str(SCRIPT.parent))  # the script imports probe_memory beside it
+    spec = importlib.util.spec_from_file_location("bench_wm_memory", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_roc_auc_matches_counting_pairs():
+    rng = np.random.default_rng(0)
+    score = np.round(rng.normal(size=300), 1)  # rounded: many ties
+    positive = rng.random(300) < 0.3
+    pairs = [(p > n) + 0.5 * (p == n) for p in score[positive] for n in score[~positive]]
+    assert _module().roc_auc(score, positive) == pytest.approx(np.mean(pairs))
+
+
+def test_stream_rows_follow_the_replay_layout():
+    from recall2imagine.envs import make_env
+    mod = _module()
+    env = make_env("gym_popgym:popgym-RepeatPreviousEasy-v0", seed=0)
+    data = mod.stream(env, 4, 3, np.random.default_rng(0), bias=1.0)
+    n = len(data["reward"])
+    assert n == 3 * 52 and all(len(v) == n for v in data.values())
+    assert np.flatnonzero(data["is_first"]).tolist() == [0, 52, 104]
+    assert np.flatnonzero(data["is_last"]).tolist() == [51, 103, 155]
+    assert (data["action"].argmax(-1) == 0).all()  # bias 1: always action 0
+    # the reward that comes with obs t+1 is for the action after obs t: +-1/48 from the 4th step on,
+    # positive exactly when that action (0) equals the suit 3 observations before obs t
+    suit = data["vector"].argmax(-1)
+    for start in (0, 52, 104):
+        r, s = data["reward"][start:start + 52], suit[start:start + 52]
+        assert (r[:4] == 0).all()
+        assert ((r[4:] > 0) == (s[:48] == 0)).all() and np.allclose(np.abs(r[4:]), 1 / 48)
+
+
+def test_tiny_run_reports_onset_line():
+    out = subprocess.run([sys.executable, str(SCRIPT), "--configs", "popgym", "debug", "--updates", "4",
+                          "--eval_every", "2", "--data_episodes", "4", "--eval_episodes", "3"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    lines = [line for line in out.stdout.splitlines() if line.startswith("update")]
+    assert len(lines) == 2 and "action-0 AUC" in lines[-1] and "probe lag 3" in lines[-1]
+    assert "of 4 updates: reward-head accuracy >= 0.5 at" in out.stdout
+
+
+def test_rejects_a_task_without_a_lag():
+    out = subprocess.run([sys.executable, str(SCRIPT), "--configs", "bsuite", "debug"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "RepeatPrevious" in out.stderr
