@@ -7,7 +7,7 @@ observation is the one-hot suit of the current card. Prints
   * greedy and sampled scores, and the policy's accuracy by position in the episode;
   * for the rewarded steps, how often the action equals the suit seen L steps back (L = 0..7): the
     lag with ~100% is the task's; for the wrong actions, the rates at other lags tell guesses (all
-    ~25%) from confusions (one lag high);
+    ~25%) from confusions (one lag high); lags 0-7 and the task's lag +-1;
   * linear probes (least squares, half of `--probe_episodes` random-policy episodes held out) of that
     suit from the posterior latents' `hidden`, `deter` and `stoch` features;
   * on the same states, one imagined step with each action: how often the reward head prefers the
@@ -16,6 +16,7 @@ observation is the one-hot suit of the current card. Prints
 import argparse
 import collections
 import pathlib
+import re
 import sys
 
 import numpy as np
@@ -25,6 +26,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 LAGS = range(8)
+TASK_LAGS = {"Easy": 3, "Medium": 31, "Hard": 63}  # POPGym RepeatPrevious: the card k = 4, 32, 64 back
+
+
+def task_lag(task):
+    """Observations between the suit to repeat and the step that acts on it, from the task id."""
+    m = re.search(r"RepeatPrevious(Easy|Medium|Hard)", task)
+    if not m:
+        raise SystemExit(f"{task} is not a POPGym RepeatPrevious task; "
+                         "use gym_popgym:popgym-RepeatPrevious{Easy,Medium,Hard}-v0")
+    return TASK_LAGS[m.group(1)]
 
 
 def load(run):
@@ -65,9 +76,9 @@ def play(env, agent, episodes, mode, key):
     return scores, by_pos, steps, key
 
 
-def lag_rates(steps, right):
+def lag_rates(steps, right, lags):
     sel = [(a, s) for a, s, r in steps if (r > 0) == right]
-    return {lag: np.mean([len(s) > lag and s[-1 - lag] == a for a, s in sel]) for lag in LAGS}, len(sel)
+    return {lag: np.mean([len(s) > lag and s[-1 - lag] == a for a, s in sel]) for lag in lags}, len(sel)
 
 
 def random_episodes(env, act_dim, episodes, seed=0):
@@ -174,26 +185,30 @@ def main(argv=None):
     import jax
     cfg, env, agent, step = load(args.run)
     print(f"{args.run}: {cfg.task}, checkpoint at step {step}")
-    key, task_lag = jax.random.PRNGKey(1), None
+    key, lag = jax.random.PRNGKey(1), task_lag(cfg.task)
+    lags = sorted(set(LAGS) | {lag - 1, lag, lag + 1})
     for mode in ("eval", "train"):
         scores, by_pos, steps, key = play(env, agent, args.episodes, mode, key)
         acc = " ".join(f"{t}:{np.mean(v):.2f}" for t, v in sorted(by_pos.items()))
         print(f"{'greedy' if mode == 'eval' else 'sampled'}: score {np.mean(scores):.3f}, accuracy by position {acc}")
-        right, n_right = lag_rates(steps, True)
-        wrong, n_wrong = lag_rates(steps, False)
-        task_lag = max(right, key=right.get)
+        right, n_right = lag_rates(steps, True, lags)
+        wrong, n_wrong = lag_rates(steps, False, lags)
         print(f"  action = suit L steps back, rewarded steps (n={n_right}): "
               + " ".join(f"L{lag}:{r:.2f}" for lag, r in right.items()))
         print(f"  action = suit L steps back, wrong steps (n={n_wrong}): "
               + " ".join(f"L{lag}:{r:.2f}" for lag, r in wrong.items()))
     post, obs = random_posteriors(env, agent, args.probe_episodes)
-    wm_acc, actor_acc, r_right, r_wrong = reward_check(agent, post, obs, task_lag)
+    wm_acc, actor_acc, r_right, r_wrong = reward_check(agent, post, obs, lag)
     print(f"one imagined step from random-policy states: the reward head prefers the rewarded action "
           f"{wm_acc:.3f} of the time (predicted reward {r_right:+.4f} for it, {r_wrong:+.4f} for the others); "
           f"the greedy actor picks it {actor_acc:.3f}")
-    for lag in [task_lag] + [lag for lag in args.lags if lag != task_lag]:
-        accs = probes(post, obs, lag)
-        print(f"linear probe of the suit {lag} observations back: "
+    _, preds, target = imagined_rewards(agent, post, obs, lag)
+    print("mean predicted reward for action a (rows) when action b is the rewarded one (columns):")
+    for a in range(agent.act_dim):
+        print(f"  a={a}: " + " ".join(f"{preds[target == b, a].mean():+.4f}" for b in range(agent.act_dim)))
+    for probe_lag in [lag] + [extra for extra in args.lags if extra != lag]:
+        accs = probes(post, obs, probe_lag)
+        print(f"linear probe of the suit {probe_lag} observations back: "
               + ", ".join(f"{k} {v:.3f}" for k, v in accs.items()) + f" (chance {1 / agent.act_dim:.2f})")
 
 

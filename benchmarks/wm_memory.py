@@ -27,7 +27,6 @@ Flags it does not know are config overrides, as for `recall2imagine.train`.
 """
 import argparse
 import pathlib
-import re
 import sys
 import time
 
@@ -37,17 +36,6 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-
-LAGS = {"Easy": 3, "Medium": 31, "Hard": 63}  # POPGym RepeatPrevious: k = 4, 32, 64 cards back
-
-
-def task_lag(task):
-    m = re.search(r"RepeatPrevious(Easy|Medium|Hard)", task)
-    if not m:
-        raise SystemExit(f"wm_memory: {task} is not a POPGym RepeatPrevious task; "
-                         "pass --task gym_popgym:popgym-RepeatPrevious{Easy,Medium,Hard}-v0")
-    return LAGS[m.group(1)]
-
 
 def stream(env, act_dim, episodes, rng, bias):
     """Random-policy episodes laid end to end like replay rows: {key: [N_steps, ...]}. Row t holds
@@ -84,7 +72,7 @@ def main(argv=None):
     import equinox as eqx
     import jax
     import jax.numpy as jnp
-    from probe_memory import imagined_rewards, posteriors, probes, random_episodes
+    from probe_memory import imagined_rewards, posteriors, probes, random_episodes, task_lag
 
     from recall2imagine import config as configlib
     from recall2imagine.agent import Agent, optimize
