@@ -5,9 +5,9 @@
 RUN_DIR is a training logdir (config.yaml + checkpoints/) of a POPGym RepeatPrevious task, whose
 observation is the one-hot suit of the current card. Prints
   * greedy and sampled scores, and the policy's accuracy by position in the episode;
-  * for the rewarded steps, how often the action equals the suit seen L steps back (L = 0..7): the
-    lag with ~100% is the task's; for the wrong actions, the rates at other lags tell guesses (all
-    ~25%) from confusions (one lag high); lags 0-7 and the task's lag +-1;
+  * for the rewarded steps, how often the action equals the suit seen L steps back (L = 0..7 and
+    the task's lag +-1): the task's lag has ~100%; for the wrong actions, the rates at other lags
+    tell guesses (all ~25%) from confusions (one lag high);
   * linear probes (least squares, half of `--probe_episodes` random-policy episodes held out) of that
     suit from the posterior latents' `hidden`, `deter` and `stoch` features;
   * on the same states, one imagined step with each action: how often the reward head prefers the
@@ -161,13 +161,12 @@ def imagined_rewards(agent, post, obs, lag):
     return start, np.stack(preds, -1), target
 
 
-def reward_check(agent, post, obs, lag):
-    """On random-policy states (see `imagined_rewards`): does the reward head prefer the rewarded
-    action, and does the actor pick it? -> (world model's accuracy, actor's accuracy, mean predicted
-    reward for the rewarded action and for the others). Equal accuracies mean the actor knows what
-    the world model knows: the model's memory, not the actor, limits the score."""
+def reward_check(agent, start, preds, target):
+    """On `imagined_rewards`' states: does the reward head prefer the rewarded action, and does the
+    actor pick it? -> (world model's accuracy, actor's accuracy, mean predicted reward for the
+    rewarded action and for the others). Equal accuracies mean the actor knows what the world model
+    knows: the model's memory, not the actor, limits the score."""
     import jax
-    start, preds, target = imagined_rewards(agent, post, obs, lag)
     chosen = np.asarray(agent._act(agent.state.actor, start, jax.random.PRNGKey(0), True)).argmax(-1)
     right = np.eye(agent.act_dim, dtype=bool)[target]
     return (float(np.mean(preds.argmax(-1) == target)), float(np.mean(chosen == target)),
@@ -198,11 +197,11 @@ def main(argv=None):
         print(f"  action = suit L steps back, wrong steps (n={n_wrong}): "
               + " ".join(f"L{lag}:{r:.2f}" for lag, r in wrong.items()))
     post, obs = random_posteriors(env, agent, args.probe_episodes)
-    wm_acc, actor_acc, r_right, r_wrong = reward_check(agent, post, obs, lag)
+    start, preds, target = imagined_rewards(agent, post, obs, lag)
+    wm_acc, actor_acc, r_right, r_wrong = reward_check(agent, start, preds, target)
     print(f"one imagined step from random-policy states: the reward head prefers the rewarded action "
           f"{wm_acc:.3f} of the time (predicted reward {r_right:+.4f} for it, {r_wrong:+.4f} for the others); "
           f"the greedy actor picks it {actor_acc:.3f}")
-    _, preds, target = imagined_rewards(agent, post, obs, lag)
     print("mean predicted reward for action a (rows) when action b is the rewarded one (columns):")
     for a in range(agent.act_dim):
         print(f"  a={a}: " + " ".join(f"{preds[target == b, a].mean():+.4f}" for b in range(agent.act_dim)))

@@ -14,7 +14,7 @@ actions are rewarded) and trains the world model with the run's own loss and opt
 [batch_size, batch_length] windows cut anywhere from the stream of episodes (they cross episode
 boundaries, as replayed windows do). Every `--eval_every` updates it prints the training losses
 and, on `--eval_episodes` other episodes played from a zero state, how often the reward head
-prefers the rewarded action after one imagined step with each action (`probe_memory.reward_check`;
+prefers the rewarded action after one imagined step with each action (`probe_memory.imagined_rewards`;
 chance 1/4), how well the reward predicted for action 0 alone separates the states where action 0 is
 rewarded from the others (ROC AUC; chance 0.5), and how well a linear probe reads the card `lag`
 observations back from the SSM state.
@@ -37,6 +37,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
+
 def stream(env, act_dim, episodes, rng, bias):
     """Random-policy episodes laid end to end like replay rows: {key: [N_steps, ...]}. Row t holds
     obs t, the reward and flags that came with it, and the action chosen after it."""
@@ -50,7 +51,8 @@ def stream(env, act_dim, episodes, rng, bias):
             if obs["is_last"]:
                 break
             obs = env.step(a)
-    return {k: np.asarray(v, np.float32 if k in ("vector", "reward", "action") else bool) for k, v in rows.items()}
+    floats = ("vector", "reward", "action")
+    return {k: np.asarray(v, np.float32 if k in floats else bool) for k, v in rows.items()}
 
 
 def roc_auc(score, positive):
@@ -88,8 +90,9 @@ def main(argv=None):
     eval_obs, eval_act = random_episodes(make_env(cfg.task, seed=cfg.seed + 10_000), agent.act_dim,
                                          args.eval_episodes, seed=cfg.seed + 1)
     n_rows, B, T = len(data["reward"]), cfg.batch_size, cfg.batch_length
-    print(f"{cfg.task}: lag {lag}, {n_rows} steps of a policy playing action 0 with probability {args.bias:g} + uniform ({time.time() - t0:.0f} s), "
-          f"updates of {B} x {T}; overrides: {' '.join(overrides)}", flush=True)
+    print(f"{cfg.task}: lag {lag}, {n_rows} steps of a policy playing action 0 with probability {args.bias:g}"
+          f" + uniform ({time.time() - t0:.0f} s), updates of {B} x {T}; overrides: {' '.join(overrides)}",
+          flush=True)
 
     @eqx.filter_jit
     def update(wm, opt_state, batch, key):
