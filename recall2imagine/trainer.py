@@ -3,6 +3,7 @@ evaluation episodes and open-loop reports. `recall2imagine.train` parses the com
 runs `Trainer(cfg, backend).run()`.
 """
 import collections
+import json
 import pathlib
 import sys
 import time
@@ -51,6 +52,19 @@ def env_factory(cfg):
         return ProcessEnv
     return make_env
 
+
+
+def config_changes(old, new, limit=8) -> str:
+    """' in KEY (OLD -> NEW), ...' for the keys whose values differ (checkpoints before session 8 hold
+    only the config's hash: then '')."""
+    if not isinstance(old, dict):
+        return ""
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if not keys:
+        return ""
+    shown = ", ".join(f"{k} ({old.get(k, '-')} -> {new.get(k, '-')})" for k in keys[:limit])
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return f" in {shown}{more}"
 
 class Trainer:
     """Builds everything from a config and runs the loop. `should_stop()` is polled between env
@@ -106,7 +120,9 @@ class Trainer:
         # fresh logdir resumes
         durable = getattr(self.replay, "lfs_dir", None)
         self.ckpt = Checkpointer((durable or logdir) / "checkpoints", keep=cfg.run.keep_checkpoints)
-        self.config_hash = config_hash({k: v for k, v in cfg.flat().items() if not k.startswith("run.")})
+        model_config = {k: v for k, v in cfg.flat().items() if not k.startswith("run.")}
+        self.config_hash = config_hash(model_config)
+        self.model_config = json.loads(json.dumps(model_config, default=str))  # as meta.json holds it
         self.resume()
         self.counters.setdefault("next_report", cfg.run.report_every)
         self.counters.setdefault("next_eval", cfg.run.eval_every)
@@ -134,11 +150,12 @@ class Trainer:
         print(f"resumed from {self.ckpt.loaded} at step {self.counters['step']} ({len(self.replay)} replay steps)",
               flush=True)
         if meta.get("config_hash") != self.config_hash:
-            warn("the config differs from the checkpoint's; continuing with the new one")
+            warn(f"the config differs from the checkpoint's{config_changes(meta.get('config'), self.model_config)}; "
+                 "continuing with the new one")
 
     def save_checkpoint(self):
         meta = dict(counters=dict(self.counters), np_rng=self.rng.bit_generator.state,
-                    config_hash=self.config_hash, replay=self.replay.info())
+                    config_hash=self.config_hash, config=self.model_config, replay=self.replay.info())
         try:
             self.ckpt.save(self.counters["step"], {"agent": self.agent.state, "key": self.key}, meta,
                            extra=self.replay.save)

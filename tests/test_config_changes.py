@@ -1,0 +1,24 @@
+"""A resume with a changed config names the keys that changed (checkpoint meta holds the config)."""
+
+from recall2imagine import train
+from recall2imagine.trainer import config_changes
+
+
+def test_config_changes_lists_changed_added_and_removed_keys():
+    old = {"a": 1, "b": [1, 2], "c": "x"}
+    new = {"a": 1, "b": [1, 3], "d": True}
+    assert config_changes(old, new) == " in b ([1, 2] -> [1, 3]), c (x -> -), d (- -> True)"
+    assert config_changes(old, dict(old)) == ""
+    assert config_changes(None, new) == ""  # an older checkpoint holds only the hash
+    many = {f"k{i}": i for i in range(10)}
+    assert config_changes(many, {}).endswith("k7 (7 -> -) and 2 more")
+
+
+def test_resume_with_a_changed_flag_names_it(tmp_path, capsys):
+    argv = ["--configs", "popgym", "debug", "--task", "gym_popgym:popgym-RepeatPreviousEasy-v0",
+            "--logdir", str(tmp_path), "--run.steps", "64", "--run.eval_eps", "0"]
+    assert train.main(argv) == 0
+    capsys.readouterr()
+    assert train.main(argv[:-4] + ["--run.steps", "96", "--run.eval_eps", "0", "--actent", "0.01"]) == 0
+    err = capsys.readouterr().err
+    assert "the config differs from the checkpoint's in actent (0.0003 -> 0.01); continuing" in err, err
