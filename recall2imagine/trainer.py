@@ -53,10 +53,9 @@ def env_factory(cfg):
     return make_env
 
 
-
 def config_changes(old, new, limit=8) -> str:
-    """' in KEY (OLD -> NEW), ...' for the keys whose values differ (checkpoints before session 8 hold
-    only the config's hash: then '')."""
+    """' in KEY (OLD -> NEW), ...' for the keys whose values differ; '' when `old` is missing (older
+    checkpoints hold only the config's hash)."""
     if not isinstance(old, dict):
         return ""
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
@@ -65,6 +64,7 @@ def config_changes(old, new, limit=8) -> str:
     shown = ", ".join(f"{k} ({old.get(k, '-')} -> {new.get(k, '-')})" for k in keys[:limit])
     more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
     return f" in {shown}{more}"
+
 
 class Trainer:
     """Builds everything from a config and runs the loop. `should_stop()` is polled between env
@@ -150,8 +150,8 @@ class Trainer:
         print(f"resumed from {self.ckpt.loaded} at step {self.counters['step']} ({len(self.replay)} replay steps)",
               flush=True)
         if meta.get("config_hash") != self.config_hash:
-            warn(f"the config differs from the checkpoint's{config_changes(meta.get('config'), self.model_config)}; "
-                 "continuing with the new one")
+            changes = config_changes(meta.get("config"), self.model_config)
+            warn(f"the config differs from the checkpoint's{changes}; continuing with the new one")
 
     def save_checkpoint(self):
         meta = dict(counters=dict(self.counters), np_rng=self.rng.bit_generator.state,
