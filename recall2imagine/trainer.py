@@ -120,9 +120,10 @@ class Trainer:
         # fresh logdir resumes
         durable = getattr(self.replay, "lfs_dir", None)
         self.ckpt = Checkpointer((durable or logdir) / "checkpoints", keep=cfg.run.keep_checkpoints)
-        model_config = {k: v for k, v in cfg.flat().items() if not k.startswith("run.")}
-        self.config_hash = config_hash(model_config)
-        self.model_config = json.loads(json.dumps(model_config, default=str))  # as meta.json holds it
+        # the config without run.*, as meta.json holds it (tuples as lists); the same hash as before
+        self.model_config = json.loads(json.dumps(
+            {k: v for k, v in cfg.flat().items() if not k.startswith("run.")}, default=str))
+        self.config_hash = config_hash(self.model_config)
         self.resume()
         self.counters.setdefault("next_report", cfg.run.report_every)
         self.counters.setdefault("next_eval", cfg.run.eval_every)
