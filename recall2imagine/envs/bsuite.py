@@ -108,8 +108,6 @@ class BSuite(DmEnv):
         self._act_min = int(getattr(spec, 'minimum', 0))
         size = _spec_size(self._env.observation_spec())
         self.obs_space = {'vector': ((size,), np.dtype(np.float32))}
-        # Number of episodes bsuite's protocol runs this setting for.
-        self.num_episodes = int(getattr(self._env, 'bsuite_num_episodes', 0))
         self._done = True
 
     @staticmethod
