@@ -15,7 +15,7 @@ from recall2imagine import config as configlib
 from recall2imagine.agent import Agent
 from recall2imagine.checkpoint import Checkpointer, CheckpointError, config_hash
 from recall2imagine.driver import Driver
-from recall2imagine.envs import make_env, parse_task
+from recall2imagine.envs import make_env, memory_horizon, parse_task
 from recall2imagine.logging import Logger, Progress, check_outputs
 from recall2imagine.replay import make_replay
 from recall2imagine.report import openloop_report, write_episode_video
@@ -53,6 +53,26 @@ def env_factory(cfg):
     return make_env
 
 
+def window_warning(batch_length, horizon):
+    """A one-line warning when replayed windows of `batch_length` steps are too short for a task
+    whose longest dependency spans `horizon` = (steps, what) steps, else None. A window starts from
+    the initial state, so a reward at window position t can be linked to the step k before it only
+    when t >= k: a fraction (T - k) / T of the positions. Below half of them (T < 2k), learning the
+    dependency is slow or impossible (README, "Training windows and memory")."""
+    if horizon is None:
+        return None
+    k, what = horizon
+    if batch_length >= 2 * k:
+        return None
+    start = (f"--batch_length {batch_length} is under 2x this task's memory horizon of {k} steps (it {what}): "
+             f"a replayed window starts from the initial state, so")
+    if batch_length <= k:
+        seen = f"no position in it sees {k} steps back (nothing older than {batch_length - 1} steps can be learned)"
+    else:
+        seen = f"only {(batch_length - k) / batch_length:.0%} of its positions see {k} steps back"
+    return f"{start} {seen}; set --batch_length {2 * k} or more (and a smaller --batch_size to keep the cost)"
+
+
 def config_changes(old, new, limit=8) -> str:
     """' in KEY (OLD -> NEW), ...' for the keys whose values differ; '' when `old` is missing (older
     checkpoints hold only the config's hash)."""
@@ -79,6 +99,9 @@ class Trainer:
         self.cfg = cfg = cfg.update({"logdir": str(logdir)})
         cfg.save(logdir / "config.yaml")
         print(f"logdir {logdir} | task {cfg.task} | backend {backend}", flush=True)
+        message = window_warning(cfg.batch_length, memory_horizon(cfg.task, cfg.envs.length))
+        if message:
+            warn(message)
         self.should_stop = should_stop
 
         # bsuite's own CSV log (from the first env) lets bsuite's analysis code score the run

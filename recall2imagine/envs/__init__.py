@@ -15,7 +15,7 @@ import difflib
 
 from recall2imagine.envs.base import ActSpace, Env, TimeLimit
 
-__all__ = ['ActSpace', 'Env', 'make_env', 'list_tasks', 'parse_task', 'SUITES']
+__all__ = ['ActSpace', 'Env', 'make_env', 'list_tasks', 'memory_horizon', 'parse_task', 'SUITES']
 
 # Canonical suite name -> task-string prefix.
 SUITES = {
@@ -104,6 +104,27 @@ def _unknown_id(suite: str, name: str, ids: list[str]) -> ValueError:
         f'unknown {label} task {name!r}{hint} '
         f'({len(ids)} tasks: python -m recall2imagine.envs --list {suite})'
     )
+
+
+def memory_horizon(task: str, length: int = 0) -> tuple[int, str] | None:
+    """How many steps the task's longest dependency spans, and a few words on what it is, or None
+    when the task does not say (no memory task).
+
+    A replayed training window starts from the initial state, so the world model can only learn a
+    dependency that lies inside one window (README, "Training windows and memory"). ``length``
+    (``--envs.length``) caps the horizon: no dependency crosses an episode's end.
+    """
+    suite, name = parse_task(task)
+    if suite == 'popgym':
+        from recall2imagine.envs.popgym import popgym_horizon as horizon
+    elif suite == 'bsuite':
+        from recall2imagine.envs.bsuite import bsuite_horizon as horizon
+    else:
+        from recall2imagine.envs.memory_maze import memory_maze_horizon as horizon
+    found = horizon(name)
+    if found is not None and length and 0 < length < found[0]:
+        return int(length), f'{found[1]}, cut at the {length}-step time limit'
+    return found
 
 
 def make_env(task: str, seed: int = 0, length: int = 0, **kwargs) -> Env:

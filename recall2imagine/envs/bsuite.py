@@ -24,6 +24,19 @@ def bsuite_ids() -> list[str]:
     return list(sweep.SWEEP)
 
 
+def bsuite_horizon(bsuite_id: str) -> tuple[int, str] | None:
+    """(steps, what) of the dependency of a bsuite memory experiment (memory_len, memory_size: the
+    context shown at the first step decides the reward at the last); None for the others (e.g.
+    discounting_chain keeps its context in the observation: credit assignment, not memory)."""
+    if bsuite_id.split('/')[0] not in ('memory_len', 'memory_size'):
+        return None
+    import bsuite
+
+    with contextlib.redirect_stdout(io.StringIO()):  # bsuite prints "Loaded bsuite_id"
+        n = int(bsuite.load_from_id(bsuite_id)._memory_length)
+    return n, f'recalls its first observation {n} steps later'
+
+
 def _flatten(obs) -> np.ndarray:
     if isinstance(obs, dict):
         return np.concatenate([_flatten(obs[k]) for k in sorted(obs)])

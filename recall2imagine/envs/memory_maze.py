@@ -172,6 +172,20 @@ def task_kwargs(task_id: str) -> tuple[str, dict]:
     return fn_name, dict(kwargs)
 
 
+# Episode seconds of each maze size, as the package's task functions set them (4 Hz control unless
+# the id says HiFreq, 40 Hz).
+_EPISODE_SECONDS = {9: 250, 11: 500, 13: 750, 15: 1000}
+
+
+def memory_maze_horizon(task_id: str) -> tuple[int, str]:
+    """(steps, what): a maze keeps its layout and targets for the whole episode, so what was seen
+    at its start can matter at its end."""
+    fn_name, kwargs = task_kwargs(task_id)
+    size = int(fn_name.rsplit('x', 1)[-1])
+    steps = int(round(_EPISODE_SECONDS[size] * float(kwargs.get('control_freq', 4.0))))
+    return steps, f'recalls over its whole {steps}-step episode'
+
+
 @functools.lru_cache(maxsize=None)
 def _tasks_module():
     """Imports memory_maze.tasks without the old gym package.

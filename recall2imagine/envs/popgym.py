@@ -28,6 +28,22 @@ def popgym_ids() -> list[str]:
     return sorted(k for k in gymnasium.registry if k.startswith('popgym-'))
 
 
+def popgym_horizon(env_id: str) -> tuple[int, str] | None:
+    """(steps, what) of the longest dependency of a POPGym task: RepeatPrevious acts on the card
+    ``k`` steps back; every other POPGym task is a memory task over its whole (bounded) episode."""
+    import gymnasium
+    import popgym  # noqa: F401
+
+    env = gymnasium.make(env_id, disable_env_checker=True).unwrapped
+    if hasattr(env, 'k'):
+        return int(env.k), f'repeats the card {int(env.k)} steps back'
+    for attr in ('max_episode_length', 'episode_length', 'deck_size'):
+        if hasattr(env, attr):
+            n = int(getattr(env, attr))
+            return n, f'recalls over its whole {n}-step episode'
+    return None
+
+
 class _Flattener:
     """Maps a (nested) gymnasium observation to one float32 vector."""
 
