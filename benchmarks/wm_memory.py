@@ -19,6 +19,11 @@ chance 1/4), how well the reward predicted for action 0 alone separates the stat
 rewarded from the others (ROC AUC; chance 0.5), and how well a linear probe reads the card `lag`
 observations back from the SSM state.
 
+`--burn_in N` starts each window from the latent the current model reaches over the N steps before
+it (no gradient there) instead of from the initial latent: an idealised stored state (fresh, not the
+stale state a replay would hold), to see whether a dependency longer than the window can be learned
+once the window starts from a carried state (README, "Training windows and memory").
+
 `--bias p` makes the behaviour policy play action 0 with probability p (else uniformly): with p = 1
 the reward is a function of the old card alone ("was it suit 0?"), as it becomes for the training
 agent once its policy entropy has collapsed; with p = 0 (uniform) it is a function of the action and
@@ -69,6 +74,7 @@ def main(argv=None):
     p.add_argument("--data_episodes", type=int, default=2000)
     p.add_argument("--eval_episodes", type=int, default=100)
     p.add_argument("--bias", type=float, default=0.0, help="probability of playing action 0 (else uniform)")
+    p.add_argument("--burn_in", type=int, default=0, help="steps before each window that carry the state into it")
     args, overrides = p.parse_known_args(argv)
 
     import equinox as eqx
@@ -90,14 +96,31 @@ def main(argv=None):
     eval_obs, eval_act = random_episodes(make_env(cfg.task, seed=cfg.seed + 10_000), agent.act_dim,
                                          args.eval_episodes, seed=cfg.seed + 1)
     n_rows, B, T = len(data["reward"]), cfg.batch_size, cfg.batch_length
+    burn = f" after {args.burn_in} burn-in steps" if args.burn_in else ""
     print(f"{cfg.task}: lag {lag}, {n_rows} steps of a policy playing action 0 with probability {args.bias:g}"
-          f" + uniform ({time.time() - t0:.0f} s), updates of {B} x {T}; overrides: {' '.join(overrides)}",
+          f" + uniform ({time.time() - t0:.0f} s), updates of {B} x {T}{burn}; overrides: {' '.join(overrides)}",
           flush=True)
+
+    N = args.burn_in
+
+    def carried(wm, burn, key):
+        """(latent [B], action [B, A]) at the last of the burn-in steps `burn` [B, N], no gradient."""
+        wm = jax.tree.map(jax.lax.stop_gradient, wm)
+        action = jnp.asarray(burn["action"])
+        prev = jnp.concatenate([jnp.zeros_like(action[:, :1]), action[:, :-1]], 1)
+        post, _ = wm.rssm.observe(wm.encoder(burn, agent.dtype), prev, jnp.asarray(burn["is_first"]),
+                                  wm.rssm.initial((action.shape[0],), agent.dtype), key)
+        return jax.tree.map(lambda x: x[:, -1], post), action[:, -1]
 
     @eqx.filter_jit
     def update(wm, opt_state, batch, key):
         params, static = eqx.partition(wm, eqx.is_array)
-        loss_fn = lambda p: agent._wm_loss(eqx.combine(p, static), batch, key)
+        start = None
+        if N:
+            key, k_burn = jax.random.split(key)
+            start = carried(wm, {k: v[:, :N] for k, v in batch.items()}, k_burn)
+            batch = {k: v[:, N:] for k, v in batch.items()}
+        loss_fn = lambda p: agent._wm_loss(eqx.combine(p, static), batch, key, start)
         params, opt_state, *_, (_, metrics), _, _ = optimize(
             agent.wm_opt, loss_fn, params, opt_state, jnp.float32(1), jnp.int32(0), agent.fp16)
         return eqx.combine(params, static), opt_state, metrics
@@ -105,8 +128,8 @@ def main(argv=None):
     wm, opt_state, key = agent.state.wm, agent.state.wm_opt, jax.random.PRNGKey(cfg.seed)
     sums, onset, onset0, t0 = {}, None, None, time.time()
     for i in range(1, args.updates + 1):
-        starts = rng.integers(0, n_rows - T, B)
-        idx = starts[:, None] + np.arange(T)  # [B, T]
+        starts = rng.integers(0, n_rows - N - T, B)
+        idx = starts[:, None] + np.arange(N + T)  # [B, N + T]
         batch = {k: v[idx] for k, v in data.items()}
         key, sub = jax.random.split(key)
         wm, opt_state, metrics = update(wm, opt_state, batch, sub)

@@ -463,14 +463,20 @@ class Agent:
             out["model_opt_ssm_grad_norm"] = global_norm(ssm)
         return out
 
-    def _wm_loss(self, wm, batch, key):
+    def _wm_loss(self, wm, batch, key, start=None):
+        """World-model loss of windows `batch` [B, T]. `start`: None (each window starts from the
+        initial latent, as in the paper) or (latent [B], action [B, A]): the state before the window
+        and the action taken there, e.g. a latent carried over from the steps before the window."""
         cfg, dtype = self.cfg, self.dtype
         is_first = jnp.asarray(batch["is_first"])
         action = jnp.asarray(batch["action"], jnp.float32)  # [B, T, A], chosen after obs t
         B = is_first.shape[0]
-        prev_action = jnp.concatenate([jnp.zeros_like(action[:, :1]), action[:, :-1]], 1)
+        if start is None:
+            start = wm.rssm.initial((B,), dtype), jnp.zeros_like(action[:, 0])
+        start_latent, start_action = start
+        prev_action = jnp.concatenate([start_action[:, None], action[:, :-1]], 1)
         embed = wm.encoder(batch, dtype)  # [B, T, E]
-        post, prior = wm.rssm.observe(embed, prev_action, is_first, wm.rssm.initial((B,), dtype), key)
+        post, prior = wm.rssm.observe(embed, prev_action, is_first, start_latent, key)
         feat = lambda inputs: features(post, inputs, dtype)
         losses = {}
         losses.update(wm.decoder.loss(feat(cfg.decoder.inputs), batch))  # vector and/or image

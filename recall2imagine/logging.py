@@ -63,6 +63,36 @@ def _one_line(error: BaseException) -> str:
     return f'{type(error).__name__}: {text[:300]}' if text else type(error).__name__
 
 
+def rewind_jsonl(path, step: int) -> bool:
+    """Drops the rows of a jsonl log whose `step` is after `step` (and a line cut by a crash); the
+    file as it was is kept as `<path>.<n>.bak`. Returns whether anything was dropped."""
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        lines = f.readlines()
+    keep = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and int(row.get('step', 0)) <= step:
+            keep.append(line if line.endswith('\n') else line + '\n')
+    if len(keep) == len(lines) and all(a == b for a, b in zip(keep, lines)):
+        return False
+    n = 1
+    while os.path.exists(f'{path}.{n}.bak'):
+        n += 1
+    os.replace(path, f'{path}.{n}.bak')
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w') as f:
+        f.writelines(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return True
+
+
 class Logger:
     """Averages scalars between writes and writes them to the selected outputs.
 
@@ -75,8 +105,13 @@ class Logger:
     """
 
     def __init__(self, logdir, outputs=('jsonl', 'console'), wandb_name: str = '', config=None,
-                 console=None):
+                 console=None, resume_step: int | None = None):
+        """resume_step: the step of the checkpoint a run resumed from. Rows logged after it (by the
+        segment that crashed or was killed after its last checkpoint) are dropped from the jsonl
+        files, kept in `<name>.<n>.bak`, and TensorBoard purges them, so the logged step never
+        goes back."""
         self.outputs = check_outputs(outputs)
+        self.resume_step = resume_step
         self.logdir = str(logdir)
         self._sums: dict[str, float] = {}
         self._counts: dict[str, int] = {}
@@ -88,6 +123,9 @@ class Logger:
         self.wandb_dir = None  # the run's folder (offline-run-* / run-*) once started
         self.wandb_offline = False
         os.makedirs(self.logdir, exist_ok=True)
+        if resume_step is not None:
+            for name in ('metrics.jsonl', 'scores.jsonl'):
+                rewind_jsonl(os.path.join(self.logdir, name), resume_step)
         if 'tensorboard' in self.outputs:
             self._start_tensorboard()
         if 'wandb' in self.outputs:
@@ -97,7 +135,8 @@ class Logger:
         tb_dir = os.path.join(self.logdir, 'tb')
         try:
             from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(tb_dir, flush_secs=30)
+            purge = None if self.resume_step is None else int(self.resume_step) + 1
+            self._tb = SummaryWriter(tb_dir, flush_secs=30, purge_step=purge)
             self.tb_dir = tb_dir
         except Exception as e:  # noqa: BLE001 - any failure only disables this output
             _warn(f'TensorBoard logging is off ({_one_line(e)})')

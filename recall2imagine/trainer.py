@@ -133,8 +133,6 @@ class Trainer:
         self.agent = Agent(cfg, self.envs[0].obs_space, self.act_space, jax.random.PRNGKey(cfg.seed))
         self.driver = Driver(self.envs)
         self.progress = Progress(cfg.run.steps, sys.stdout)  # live status line on a terminal, silent otherwise
-        self.logger = Logger(logdir, outputs + ("console",), wandb_name=cfg.wdb_name, config=cfg.to_dict(),
-                             console=self.progress.println)
         self.rng = np.random.default_rng(cfg.seed)
         self.key = jax.random.PRNGKey(cfg.seed + 1)
         self.counters = dict(step=0, updates=0, owed=0.0)
@@ -148,6 +146,10 @@ class Trainer:
             {k: v for k, v in cfg.flat().items() if not k.startswith("run.")}, default=str))
         self.config_hash = config_hash(self.model_config)
         self.resume()
+        # after a resume, what the logs hold beyond the checkpoint's step is dropped: steps never go back
+        self.logger = Logger(logdir, outputs + ("console",), wandb_name=cfg.wdb_name, config=cfg.to_dict(),
+                             console=self.progress.println,
+                             resume_step=self.counters["step"] if self.ckpt.loaded else None)
         self.counters.setdefault("next_report", cfg.run.report_every)
         self.counters.setdefault("next_eval", cfg.run.eval_every)
         self.batch_steps = cfg.batch_size * cfg.batch_length

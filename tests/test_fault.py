@@ -76,6 +76,13 @@ def test_sigkill_and_resume_repeatedly(tmp_path):
     assert _committed(ckpt_dir)[-1] >= last + 200
     assert len(_committed(ckpt_dir)) <= 3  # keep_checkpoints
 
+    # the logged step never goes back: rows written after a checkpoint by a killed segment were dropped
+    steps = [json.loads(line)["step"] for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+    assert all(a < b for a, b in zip(steps, steps[1:])), steps
+    scores = [json.loads(line)["step"] for line in (logdir / "scores.jsonl").read_text().splitlines()]
+    assert all(a <= b for a, b in zip(scores, scores[1:])), scores
+    assert list(logdir.glob("metrics.jsonl.*.bak"))  # what was dropped is kept
+
     # training continues smoothly: losses logged after the resume stay within 2x of those before it
     losses = _losses(logdir)
     before = [v for s, v in losses if s <= last][-5:]

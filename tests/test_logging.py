@@ -190,3 +190,34 @@ def test_progress_line_on_a_tty_is_rate_limited():
     assert stream.text.split("\n")[-1].startswith("\rstep 2,100/10,000") and "return 0.250" in stream.text
     progress.close()
     assert stream.text.endswith("\n")
+
+
+def test_rewind_jsonl_drops_rows_after_the_step_and_keeps_a_backup(tmp_path):
+    from recall2imagine.logging import rewind_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"step": s, "x": s * 0.5} for s in (10, 20, 30, 40)]
+    text = "".join(json.dumps(r) + "\n" for r in rows) + '{"step": 50, "x"'  # cut by a kill
+    path.write_text(text)
+    assert rewind_jsonl(str(path), 25)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [10, 20]
+    assert (tmp_path / "metrics.jsonl.1.bak").read_text() == text
+    assert not rewind_jsonl(str(path), 25)  # nothing beyond: the file and backups stay as they are
+    assert not (tmp_path / "metrics.jsonl.2.bak").exists()
+    assert not rewind_jsonl(str(tmp_path / "missing.jsonl"), 0)
+
+
+def test_logger_resumed_at_a_step_continues_one_clean_line(tmp_path):
+    from recall2imagine.logging import Logger
+
+    log = Logger(tmp_path, ("jsonl", "tensorboard"))
+    for step in (100, 200, 300):
+        log.add({"loss": step})
+        log.write(step)
+    log.close()
+    log = Logger(tmp_path, ("jsonl", "tensorboard"), resume_step=200)  # checkpoint at 200, killed at 300
+    log.add({"loss": 1.0})
+    log.write(250)
+    log.close()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [100, 200, 250]
