@@ -13,11 +13,8 @@ import signal
 import sys
 import threading
 
-if __package__ in (None, ""):  # `python recall2imagine/train.py`
-    # drop the script's folder from the path: its logging.py would shadow the stdlib's
-    _here = pathlib.Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _here]
-    sys.path.insert(0, str(_here.parent))
+if __package__ in (None, ""):  # `python recall2imagine/train.py`: make the package importable
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from recall2imagine import config as configlib
 

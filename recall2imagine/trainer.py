@@ -16,7 +16,7 @@ from recall2imagine.agent import Agent
 from recall2imagine.checkpoint import Checkpointer, CheckpointError, config_hash
 from recall2imagine.driver import Driver
 from recall2imagine.envs import make_env, memory_horizon, parse_task
-from recall2imagine.logging import Logger, Progress, check_outputs
+from recall2imagine.logger import Logger, Progress, check_outputs
 from recall2imagine.replay import make_replay
 from recall2imagine.report import openloop_report, write_episode_video
 

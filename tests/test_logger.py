@@ -9,7 +9,7 @@ import types
 
 import pytest
 
-from recall2imagine.logging import Logger, Progress, check_outputs
+from recall2imagine.logger import Logger, Progress, check_outputs
 
 
 def read_tb_scalars(tb_dir):
@@ -193,7 +193,7 @@ def test_progress_line_on_a_tty_is_rate_limited():
 
 
 def test_rewind_jsonl_drops_rows_after_the_step_and_keeps_a_backup(tmp_path):
-    from recall2imagine.logging import rewind_jsonl
+    from recall2imagine.logger import rewind_jsonl
 
     path = tmp_path / "metrics.jsonl"
     rows = [{"step": s, "x": s * 0.5} for s in (10, 20, 30, 40)]
@@ -208,7 +208,7 @@ def test_rewind_jsonl_drops_rows_after_the_step_and_keeps_a_backup(tmp_path):
 
 
 def test_logger_resumed_at_a_step_continues_one_clean_line(tmp_path):
-    from recall2imagine.logging import Logger
+    from recall2imagine.logger import Logger
 
     log = Logger(tmp_path, ("jsonl", "tensorboard"))
     for step in (100, 200, 300):
