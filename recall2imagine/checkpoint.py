@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from recall2imagine.util import fmt_bytes, fsync_dir, fsync_path
+
 STATE, META, COMMIT = 'state.eqx', 'meta.json', 'COMMIT'
 _NAME = re.compile(r'^ckpt-(\d{12})$')
 _FORMAT = 1
@@ -67,14 +69,6 @@ def _json_default(x):
     raise TypeError(f'{type(x).__name__} is not JSON serialisable')
 
 
-def _fsync_path(path, directory=False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json(path, obj) -> None:
     with open(path, 'w') as f:
         json.dump(obj, f, indent=1, default=_json_default)
@@ -88,14 +82,6 @@ def _sha256(path) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ('B', 'KiB', 'MiB', 'GiB'):
-        if n < 1024:
-            return f'{n:.1f} {unit}'
-        n /= 1024
-    return f'{n:.1f} TiB'
 
 
 def _is_key(x) -> bool:
@@ -193,11 +179,11 @@ class Checkpointer:
                 if p.is_dir():
                     dirs.append(p)
                 elif p.is_file():
-                    _fsync_path(p)  # the callback's files too
+                    fsync_path(p)  # the callback's files too
                     files[p.relative_to(tmp).as_posix()] = dict(sha256=_sha256(p), size=p.stat().st_size)
             _write_json(tmp / COMMIT, dict(format=_FORMAT, step=step, time=time.time(), files=files))
             for d in reversed(dirs):
-                _fsync_path(d, directory=True)
+                fsync_dir(d)
             trash = None
             if final.exists():  # the same step saved again: swap the new one in
                 trash = self.directory / f'.trash-{final.name}-{uuid.uuid4().hex[:8]}'
@@ -208,7 +194,7 @@ class Checkpointer:
                 if trash is not None:
                     os.rename(trash, final)
                 raise
-            _fsync_path(self.directory, directory=True)
+            fsync_dir(self.directory)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -222,14 +208,14 @@ class Checkpointer:
 
     def _full_error(self, step, e) -> CheckpointError:
         try:
-            free = _fmt_bytes(shutil.disk_usage(self.directory).free)
+            free = fmt_bytes(shutil.disk_usage(self.directory).free)
         except OSError:
             free = 'unknown'
         last = ''
         for s in reversed(self.steps()):
             try:
                 commit = json.loads((self.path(s) / COMMIT).read_text())
-                last = f'; the last checkpoint took {_fmt_bytes(sum(f["size"] for f in commit["files"].values()))}'
+                last = f'; the last checkpoint took {fmt_bytes(sum(f["size"] for f in commit["files"].values()))}'
                 break
             except (OSError, ValueError, KeyError):
                 continue

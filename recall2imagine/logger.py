@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from recall2imagine.util import warn
+
 # Metrics shown on the console line, in this order, when present.
 _CONSOLE_KEYS = (
     'episode/score',
@@ -52,10 +54,6 @@ def wandb_logged_in() -> bool:
         return netrc.netrc().authenticators('api.wandb.ai') is not None
     except (OSError, netrc.NetrcParseError):
         return False
-
-
-def _warn(message: str) -> None:
-    print(f'warning: {message}', file=sys.stderr, flush=True)
 
 
 def _one_line(error: BaseException) -> str:
@@ -139,7 +137,7 @@ class Logger:
             self._tb = SummaryWriter(tb_dir, flush_secs=30, purge_step=purge)
             self.tb_dir = tb_dir
         except Exception as e:  # noqa: BLE001 - any failure only disables this output
-            _warn(f'TensorBoard logging is off ({_one_line(e)})')
+            warn(f'TensorBoard logging is off ({_one_line(e)})')
 
     def _start_wandb(self, name, config):
         if 'WANDB_MODE' not in os.environ and not wandb_logged_in():
@@ -161,7 +159,7 @@ class Logger:
             except OSError:
                 pass
         except Exception as e:  # noqa: BLE001 - ImportError, init timeouts, bad settings, ...
-            _warn(f'W&B logging is off ({_one_line(e)})')
+            warn(f'W&B logging is off ({_one_line(e)})')
             self._wandb = None
 
     def scalar(self, name: str, value) -> None:
@@ -211,13 +209,13 @@ class Logger:
                     self._tb.add_scalar(name, value, int(step))
                 self._tb.flush()
             except Exception as e:  # noqa: BLE001
-                _warn(f'TensorBoard logging stopped ({_one_line(e)})')
+                warn(f'TensorBoard logging stopped ({_one_line(e)})')
                 self._close_tb()
         if self._wandb is not None:
             try:
                 self._wandb.log(metrics, step=int(step))
             except Exception as e:  # noqa: BLE001
-                _warn(f'W&B logging stopped ({_one_line(e)})')
+                warn(f'W&B logging stopped ({_one_line(e)})')
                 self._close_wandb()
         if 'console' in self.outputs:
             line = self._console_line(step, metrics)
@@ -247,7 +245,7 @@ class Logger:
                                                         int(step))
                 self._tb.flush()
             except Exception as e:  # noqa: BLE001
-                _warn(f'TensorBoard {kind.lower()} {name} not written ({_one_line(e)})')
+                warn(f'TensorBoard {kind.lower()} {name} not written ({_one_line(e)})')
         if self._wandb is not None:
             try:
                 import wandb
@@ -255,7 +253,7 @@ class Logger:
                 media = wandb.Video(path, format='gif') if kind == 'Video' else wandb.Image(path)
                 self._wandb.log({name: media}, step=int(step))
             except Exception as e:  # noqa: BLE001
-                _warn(f'W&B {kind.lower()} {name} not written ({_one_line(e)})')
+                warn(f'W&B {kind.lower()} {name} not written ({_one_line(e)})')
 
     @staticmethod
     def _console_line(step, metrics) -> str:
@@ -302,7 +300,7 @@ class Logger:
             try:
                 run.finish()
             except Exception as e:  # noqa: BLE001
-                _warn(f'W&B run did not finish cleanly ({_one_line(e)})')
+                warn(f'W&B run did not finish cleanly ({_one_line(e)})')
 
     def close(self) -> None:
         for f in self._files.values():

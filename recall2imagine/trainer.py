@@ -19,10 +19,7 @@ from recall2imagine.envs import make_env, memory_horizon, parse_task
 from recall2imagine.logger import Logger, Progress, check_outputs
 from recall2imagine.replay import make_replay
 from recall2imagine.report import openloop_report, write_episode_video
-
-
-def warn(message):
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+from recall2imagine.util import warn
 
 
 def random_policy(act_space, rng):

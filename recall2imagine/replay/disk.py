@@ -48,20 +48,13 @@ import uuid
 
 import numpy as np
 
-from recall2imagine.replay.memory import ReplayError, WindowSampler, atomic_write, check_add, fsync_dir
+from recall2imagine.replay.memory import ReplayError, WindowSampler, check_add
+from recall2imagine.util import atomic_write, fmt_bytes, fsync_dir, fsync_file
 
 INDEX = 'replay_index.json'
 STAMPS = 'stamps.npy'
 _DATA_FILE = re.compile(r'^\d\d_.*\.npy$')
 _VERSION = 1
-
-
-def fmt_bytes(n: float) -> str:
-    for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB'):
-        if abs(n) < 1024 or unit == 'TiB':
-            return f'{n:.0f} {unit}' if unit == 'B' else f'{n:.1f} {unit}'
-        n /= 1024
-    raise AssertionError
 
 
 def _create_sparse_npy(path, shape, dtype) -> None:
@@ -457,7 +450,7 @@ class DiskReplay(WindowSampler):
         JSON-able summary."""
         for f in [*self._files.values(), self._stamps]:
             if f is not None:
-                os.fdatasync(f.fd)
+                fsync_file(f.fd)
         text = json.dumps(self.state_dict()).encode()
         write = lambda f: f.write(text)
         atomic_write(self.directory / INDEX, write)

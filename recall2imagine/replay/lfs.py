@@ -62,15 +62,15 @@ import queue
 import re
 import shutil
 import struct
-import sys
 import threading
 import time
 import zlib
 
 import numpy as np
 
-from recall2imagine.replay.disk import _DATA_FILE, INDEX, STAMPS, DiskReplay, fmt_bytes
-from recall2imagine.replay.memory import MemoryReplay, ReplayError, WindowSampler, atomic_write, check_add, fsync_dir
+from recall2imagine.replay.disk import _DATA_FILE, INDEX, STAMPS, DiskReplay
+from recall2imagine.replay.memory import MemoryReplay, ReplayError, WindowSampler, check_add
+from recall2imagine.util import atomic_write, fmt_bytes, fsync_dir, warn
 
 MAGIC = b'R2ICHNK1'
 META = 'LFS.json'
@@ -90,10 +90,6 @@ def _schema_of(step: dict) -> list:
 
 def _row_bytes(schema) -> int:
     return sum(int(np.prod(s['shape'], dtype=np.int64)) * np.dtype(s['dtype']).itemsize for s in schema)
-
-
-def _warn(message: str) -> None:
-    print(f'warning: {message}', file=sys.stderr, flush=True)
 
 
 def write_chunk(path, worker: int, start: int, schema, arrays) -> int:
@@ -405,7 +401,7 @@ class LfsReplay(WindowSampler):
                     elif header['keys'] != schema:
                         raise ValueError(f'it holds {self._describe(header["keys"])}, not {self._describe(schema)}')
                 except (OSError, ValueError) as e:
-                    _warn(f'skipping replay chunk {path}: {e}; renamed to {path.name}.corrupt')
+                    warn(f'skipping replay chunk {path}: {e}; renamed to {path.name}.corrupt')
                     try:
                         os.replace(path, path.with_name(path.name + '.corrupt'))
                     except OSError:

@@ -9,10 +9,11 @@ boundaries (spec 7.2) and are drawn uniformly over all windows still stored.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 
 import numpy as np
+
+from recall2imagine.util import atomic_write
 
 
 class ReplayError(ValueError):
@@ -76,32 +77,6 @@ class WindowSampler:
         if length > self.per_worker:
             raise ValueError(f'length {length} exceeds the per-worker ring size {self.per_worker}')
         return draw_windows(self.rng, self.counts, self.stored(), batch_size, length, len(self))
-
-
-def fsync_dir(directory) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path, write) -> None:
-    """Calls ``write(fileobj)`` on a temp file next to ``path``, fsyncs it and
-    renames it over ``path``; on any error the temp file is removed and
-    ``path`` is untouched."""
-    path = pathlib.Path(path)
-    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-    try:
-        with open(tmp, 'wb') as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 class MemoryReplay(WindowSampler):
