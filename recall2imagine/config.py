@@ -611,7 +611,88 @@ def parse(argv=None) -> Config:
     cfg = _apply_blocks(names)
     entries = [(key, _Tokens(values)) for key, values in items if key != 'configs']
     flat = _apply(cfg._flat, entries, True, lambda k: '--' + k)
-    return Config._from_flat(flat)
+    cfg = Config._from_flat(flat)
+    check_ranges(cfg)
+    return cfg
+
+
+# Allowed values of every numeric key: (regex over dotted keys, interval). `[a, b]` closed, `(a, b)`
+# open, `inf` unbounded; the first rule that matches a key applies. Cross-key rules: `check_ranges`.
+RANGES = (
+    (r'seed', '[0, inf)'),
+    (r'replay_size|batch_size', '[1, inf)'),
+    (r'batch_length', '[2, inf)'),  # one step has no dynamics to learn
+    (r'run\.steps|run\.save_every|run\.keep_checkpoints|run\.eval_every', '(0, inf)'),
+    (r'run\.train_ratio', '(0, inf)'),  # 0 would mean no training at all
+    (r'run\.(train_fill|log_every|eval_eps|report_every|expl_until)', '[0, inf)'),
+    (r'run\.report_context|jax\.sync_every|envs\.amount', '[1, inf)'),
+    (r'jax\.(train|policy)_devices', '[0, inf)'),
+    (r'envs\.length', '[0, inf)'),  # 0: no time limit
+    (r'rssm\.(deter|units|hidden|stoch|classes)|ssm\.(n_layers|n_blocks)', '[1, inf)'),
+    (r'.*unimix|ssm\.dropout', '[0, 1)'),
+    (r'rssm\.action_clip', '[0, inf)'),  # 0: no clipping
+    (r'ssm\.dt_(min|max)', '(0, inf)'),
+    (r'(encoder|decoder)\.(mlp_layers|mlp_units|cnn_depth|minres|cnn_chunk)', '[1, inf)'),
+    (r'(reward_head|cont_head|actor|critic)\.(layers|units)', '[1, inf)'),
+    (r'(reward_head|critic)\.bins', '[2, inf)'),
+    (r'(reward_head|critic)\.bin_max|actor\.(minstd|maxstd)', '(0, inf)'),
+    (r'.*\.outscale|loss_scales\..*|free_bits|.*_opt\.wd|imag_starts|actor_vjp_mb|actent', '[0, inf)'),
+    (r'.*_opt\.(lr|ssm_lr|eps|clip)', '(0, inf)'),
+    (r'imag_horizon', '[1, inf)'),
+    (r'horizon', '(1, inf)'),  # discount 1 - 1/horizon
+    (r'return_lambda', '[0, 1]'),
+    (r'slow_critic_fraction', '(0, 1]'),
+    (r'retnorm\.decay', '[0, 1)'),
+    (r'retnorm\.max', '(0, inf)'),
+    (r'retnorm\.perc(lo|hi)', '[0, 100]'),
+)
+
+
+def _interval(text: str):
+    """'[1, inf)' -> (1.0, inf, lo_closed, hi_closed)."""
+    lo, hi = (float(x) for x in text[1:-1].split(','))
+    return lo, hi, text[0] == '[', text[-1] == ']'
+
+
+def _range_rule(key: str):
+    return next((text for pattern, text in RANGES if re.fullmatch(pattern, key)), None)
+
+
+def check_ranges(cfg: Config) -> None:
+    """Raises ConfigError naming the first key whose value is out of its range (RANGES) or breaks a
+    rule between keys; a value of any numeric key that is NaN or infinite is out of range too."""
+    flat = cfg.flat()
+    for key, value in flat.items():
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            rule = _range_rule(key)
+            if rule is None:
+                raise AssertionError(f'numeric key {key} has no range in config.RANGES')
+            lo, hi, lo_closed, hi_closed = _interval(rule)
+            inside = math.isfinite(v) and (v >= lo if lo_closed else v > lo) and (v <= hi if hi_closed else v < hi)
+            if not inside:
+                kind = 'an integer' if isinstance(v, int) else 'a number'
+                raise ConfigError(f'--{key} {_fmt(v)} is out of range: it must be {kind} in {rule}')
+
+    def need(ok, message):
+        if not ok:
+            raise ConfigError(message)
+
+    need(flat['ssm.dt_min'] <= flat['ssm.dt_max'],
+         f'--ssm.dt_min {_fmt(flat["ssm.dt_min"])} is above --ssm.dt_max {_fmt(flat["ssm.dt_max"])}')
+    need(flat['actor.minstd'] <= flat['actor.maxstd'],
+         f'--actor.minstd {_fmt(flat["actor.minstd"])} is above --actor.maxstd {_fmt(flat["actor.maxstd"])}')
+    need(flat['retnorm.perclo'] < flat['retnorm.perchi'],
+         f'--retnorm.perclo {_fmt(flat["retnorm.perclo"])} must be below --retnorm.perchi {_fmt(flat["retnorm.perchi"])}')
+    need(flat['rssm.hidden'] % flat['ssm.n_blocks'] == 0,
+         f'--rssm.hidden {flat["rssm.hidden"]} (SSM state size) must be a multiple of --ssm.n_blocks {flat["ssm.n_blocks"]}')
+    per_env = flat['replay_size'] // flat['envs.amount']
+    need(per_env >= flat['batch_length'],
+         f'--replay_size {flat["replay_size"]} holds {per_env} steps per env ({flat["envs.amount"]} envs), fewer than '
+         f'one --batch_length {flat["batch_length"]} window; raise --replay_size to at least '
+         f'{flat["batch_length"] * flat["envs.amount"]}')
 
 
 def default_logdir(cfg: Config | None = None) -> str:

@@ -45,8 +45,23 @@ def setup_jax(cfg):
     return backend
 
 
+def check_logdir(cfg):
+    """The logdir (or its default) can be created and written, else a one-line ConfigError."""
+    logdir = pathlib.Path(configlib.default_logdir(cfg))
+    try:
+        logdir.mkdir(parents=True, exist_ok=True)
+        probe = logdir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise configlib.ConfigError(f"--logdir {logdir} cannot be created or written ({reason}); "
+                                    f"choose a writable folder") from None
+
+
 def run(cfg):
     """Train with config `cfg` (see recall2imagine/trainer.py); returns the final mean return."""
+    check_logdir(cfg)
     backend = setup_jax(cfg)
     from recall2imagine.trainer import Trainer  # after setup_jax: the platform is chosen first
 

@@ -1,5 +1,6 @@
 """Tests of the config tree and command line (recall2imagine.config)."""
 import copy
+import math
 import pickle
 import re
 
@@ -213,7 +214,9 @@ def test_error_messages_are_one_line():
 
 
 def test_negative_number_is_a_value():
-    assert parse(['--seed', '-3']).seed == -3
+    """`-3` is read as the value of --seed (then refused by its range), not as a flag."""
+    with pytest.raises(ConfigError, match=re.escape('--seed -3 is out of range')):
+        parse(['--seed', '-3'])
 
 
 def test_help_exits_zero(capsys):
@@ -301,3 +304,67 @@ def test_default_logdir():
     assert re.search(r'logdir/\d{8}-\d{6}$', C.default_logdir())
     assert re.search(r'logdir/\d{8}-\d{6}$', C.default_logdir(C.default_config()))
     assert C.default_logdir(parse(['--logdir', 'runs/a'])) == 'runs/a'
+
+
+def _numeric_keys():
+    flat = C.default_config().flat()
+    out = []
+    for key, value in flat.items():
+        v = value[0] if isinstance(value, tuple) and value else value
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out.append((key, isinstance(v, int)))
+    return out
+
+
+def _bad_values(key, is_int):
+    lo, hi, lo_closed, hi_closed = C._interval(C._range_rule(key))
+    bad = []
+    if math.isfinite(lo):
+        bad.append(lo - 1 if lo_closed else lo)
+    if math.isfinite(hi):
+        bad.append(hi + 1 if hi_closed else hi)
+    if not is_int:
+        bad += [float('nan'), float('inf')]
+    return [str(int(b)) if is_int and math.isfinite(b) else repr(b) for b in bad]
+
+
+@pytest.mark.parametrize('key, is_int', _numeric_keys())
+def test_every_numeric_key_refuses_out_of_range_values(key, is_int, capsys):
+    """Table-driven over every numeric key: a bad value is one line naming the key, exit code 2."""
+    from recall2imagine import train
+
+    values = _bad_values(key, is_int)
+    assert values, key
+    for value in values:
+        code = train.main(['--configs', 'popgym', 'debug', f'--{key}', value])
+        err = capsys.readouterr().err
+        assert code == 2, (key, value, err)
+        assert err.startswith(f'error: --{key} ') and err.count('\n') == 1 and 'Traceback' not in err, err
+
+
+@pytest.mark.parametrize('argv, needle', [
+    (['--ssm.dt_min', '0.5', '--ssm.dt_max', '0.1'], '--ssm.dt_min 0.5 is above --ssm.dt_max 0.1'),
+    (['--actor.minstd', '2'], '--actor.minstd 2.0 is above --actor.maxstd 1.0'),
+    (['--retnorm.perclo', '95'], '--retnorm.perclo 95.0 must be below --retnorm.perchi 95.0'),
+    (['--rssm.hidden', '10', '--ssm.n_blocks', '4'], 'must be a multiple of --ssm.n_blocks 4'),
+    (['--replay_size', '20'], 'raise --replay_size to at least 32'),  # debug: 2 envs x 16 steps
+])
+def test_rules_between_keys(argv, needle):
+    with pytest.raises(C.ConfigError, match=re.escape(needle)):
+        parse(['--configs', 'popgym', 'debug', *argv])
+
+
+def test_valid_configs_pass_the_ranges():
+    for blocks in (['popgym', 'popgym_cpu'], ['bsuite', 'bsuite_cpu'], ['mmaze', 'mmaze_small'], ['popgym'],
+                   ['popgym', 'popgym_main'], ['bsuite'], ['mmaze'], ['popgym', 'debug'], []):
+        parse(['--configs', *blocks] if blocks else [])
+
+
+def test_unwritable_logdir_is_one_line(tmp_path, capsys):
+    from recall2imagine import train
+
+    blocker = tmp_path / 'file'
+    blocker.write_text('')
+    code = train.main(['--configs', 'popgym', 'debug', '--logdir', str(blocker / 'run')])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f'error: --logdir {blocker / "run"} cannot be created') and err.count('\n') == 1
