@@ -33,6 +33,15 @@ def random_policy(act_space, rng):
     return policy
 
 
+# Updates are skipped when their gradients are not finite (agent.optimize), so the weights stay
+# those of the last finite update; this many skipped world-model updates in a row stop the run.
+MAX_BAD_UPDATES = 100
+
+
+class DivergedError(ValueError):
+    """The world model's updates stayed non-finite; the message names the last good checkpoint."""
+
+
 def env_factory(cfg):
     """make_env, or ProcessEnv (same signature) with `--envs.parallel process`; checks RAM first
     for Memory Maze (~0.6 GB per env)."""
@@ -133,6 +142,7 @@ class Trainer:
         self.rng = np.random.default_rng(cfg.seed)
         self.key = jax.random.PRNGKey(cfg.seed + 1)
         self.counters = dict(step=0, updates=0, owed=0.0)
+        self.bad_updates, self.no_save = 0, False  # non-finite world-model updates in a row; see diverged()
         self.reward_limit = float(np.expm1(cfg.reward_head.bin_max))  # the reward head's largest |reward|
         # with the LFS replay the checkpoints live in the durable tier too, so a restart with a
         # fresh logdir resumes
@@ -220,8 +230,21 @@ class Trainer:
             counters["updates"] += 1
         if time.time() - self.last["time"] >= cfg.run.log_every:
             self.write_logs()
+            if self.bad_updates >= MAX_BAD_UPDATES:
+                self.diverged()
         if time.time() - self.last["save"] >= cfg.run.save_every:
             self.save_checkpoint()
+
+    def diverged(self):
+        """Stops the run without a new checkpoint: the last one holds the last good state."""
+        self.no_save = True
+        steps = self.ckpt.steps()
+        last = (f"the last good checkpoint is {self.ckpt.path(steps[-1])}" if steps
+                else "no checkpoint was written yet")
+        raise DivergedError(
+            f"the last {self.bad_updates} world-model updates had non-finite gradients and were "
+            f"skipped (step {self.counters['step']}); {last} and is kept: resume it with a lower "
+            f"--model_opt.lr or --model_opt.clip")
 
     def policy(self, obs, pstate, mode="train"):
         action, pstate = self.agent.policy(obs, pstate, self.next_key(), mode=mode)
@@ -232,6 +255,8 @@ class Trainer:
     def write_logs(self):
         now, counters = time.time(), self.counters
         for metrics in jax.device_get(self.pending):
+            bad = float(metrics.get("model_opt_skipped", 0.0)) > 0.5
+            self.bad_updates = self.bad_updates + 1 if bad else 0
             self.logger.add({k: float(v) for k, v in metrics.items()}, prefix="train")
         self.pending.clear()
         dt = max(now - self.last["time"], 1e-9)
@@ -319,7 +344,8 @@ class Trainer:
         self.progress.close()
         try:
             self.write_logs()
-            self.save_checkpoint()
+            if not self.no_save:
+                self.save_checkpoint()
             if hasattr(self.replay, "close"):  # lfs: flush the durable tier, stop its writer thread
                 self.replay.close()
         finally:

@@ -100,3 +100,22 @@ def test_reward_outside_the_reward_heads_range_warns_once(tmp_path, capsys):
     assert code == 0
     err = capsys.readouterr().err
     assert err.count("outside the reward head's range (|r| <= 0.01005)") == 1, err
+
+
+def test_non_finite_updates_in_a_row_stop_with_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    """Every update skipped as non-finite: after MAX_BAD_UPDATES in a row the run stops with one line
+    naming the last checkpoint, and writes no new one."""
+    import numpy as np
+
+    from recall2imagine import trainer
+    from recall2imagine.agent import Agent
+
+    monkeypatch.setattr(trainer, "MAX_BAD_UPDATES", 5)
+    monkeypatch.setattr(Agent, "train", lambda self, batch, key: {"model_opt_skipped": np.float32(1.0)})
+    logdir = tmp_path / "run"
+    code = train.main(["--configs", "popgym", "debug", "--logdir", str(logdir), "--run.steps", "2000",
+                       "--run.eval_eps", "0", "--run.report_every", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: the last ") and err.count("\n") == 1, err
+    assert "world-model updates had non-finite gradients" in err and "no checkpoint was written yet" in err, err
+    assert not list((logdir / "checkpoints").glob("ckpt-*"))
