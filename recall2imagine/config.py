@@ -625,7 +625,7 @@ RANGES = (
     (r'run\.steps|run\.save_every|run\.keep_checkpoints|run\.eval_every', '(0, inf)'),
     (r'run\.train_ratio', '(0, inf)'),  # 0 would mean no training at all
     (r'run\.(train_fill|log_every|eval_eps|report_every|expl_until)', '[0, inf)'),
-    (r'run\.report_context|jax\.sync_every|envs\.amount', '[1, inf)'),
+    (r'run\.report_context|jax\.sync_every|envs\.amount|envs\.size', '[1, inf)'),
     (r'jax\.(train|policy)_devices', '[0, inf)'),
     (r'envs\.length', '[0, inf)'),  # 0: no time limit
     (r'rssm\.(deter|units|hidden|stoch|classes)|ssm\.(n_layers|n_blocks)', '[1, inf)'),

@@ -114,11 +114,13 @@ class Trainer:
         bsuite_dir = str(logdir / "bsuite") if parse_task(cfg.task)[0] == "bsuite" else None
         self.envs, self.eval_env = [], None
         try:
+            options = dict(length=cfg.envs.length, imports=cfg.envs["import"],
+                           size=cfg.envs.size if parse_task(cfg.task)[0] == "gym" else None)
             for i in range(cfg.envs.amount):
-                self.envs.append(new_env(cfg.task, seed=cfg.seed * 1000 + i, length=cfg.envs.length,
-                                         bsuite_logdir=bsuite_dir if i == 0 else None))
+                self.envs.append(new_env(cfg.task, seed=cfg.seed * 1000 + i,
+                                         bsuite_logdir=bsuite_dir if i == 0 else None, **options))
             if cfg.run.eval_eps > 0:
-                self.eval_env = new_env(cfg.task, seed=cfg.seed * 1000 + 999, length=cfg.envs.length)
+                self.eval_env = new_env(cfg.task, seed=cfg.seed * 1000 + 999, **options)
             self.act_space = self.envs[0].act_space
             self.replay = make_replay(cfg.replay, cfg.replay_size, len(self.envs), seed=cfg.seed,
                                       directory=cfg.replay_dir or logdir / "replay",

@@ -5,6 +5,8 @@ Task strings:
   bsuite:<experiment>/<setting>      e.g. bsuite:memory_len/0
   dm_bsuite_<experiment>/<setting>   upstream alias of the above
   gym_memory_maze:<id>               e.g. gym_memory_maze:MemoryMaze-9x9-v0
+  gym:<gymnasium id>                 any registered Gymnasium env, e.g. gym:CartPole-v1 (register
+                                     your own in a module named by --envs.import)
 
 List the tasks with ``python -m recall2imagine.envs --list [suite]``.
 """
@@ -22,6 +24,7 @@ SUITES = {
     'popgym': 'gym_popgym:',
     'bsuite': 'bsuite:',
     'memory_maze': 'gym_memory_maze:',
+    'gym': 'gym:',
 }
 _ALIASES = {
     'popgym': 'popgym',
@@ -31,11 +34,13 @@ _ALIASES = {
     'memory_maze': 'memory_maze',
     'gym_memory_maze': 'memory_maze',
     'mmaze': 'memory_maze',
+    'gym': 'gym',
+    'gymnasium': 'gym',
 }
 _FORMS = (
     'gym_popgym:<popgym id>, bsuite:<experiment>/<setting> '
     '(alias dm_bsuite_<experiment>/<setting>), '
-    'gym_memory_maze:<memory-maze id>'
+    'gym_memory_maze:<memory-maze id>, gym:<gymnasium id>'
 )
 
 
@@ -64,6 +69,10 @@ def _ids(suite: str) -> list[str]:
         from recall2imagine.envs.bsuite import bsuite_ids
 
         return bsuite_ids()
+    if suite == 'gym':
+        from recall2imagine.envs.gym import gym_ids
+
+        return gym_ids()
     from recall2imagine.envs.memory_maze import memory_maze_ids
 
     return memory_maze_ids()
@@ -87,7 +96,7 @@ def list_tasks(suite: str | None = None) -> list[str]:
 
 
 def _unknown_id(suite: str, name: str, ids: list[str]) -> ValueError:
-    label = {'popgym': 'POPGym', 'bsuite': 'bsuite', 'memory_maze': 'Memory Maze'}[suite]
+    label = {'popgym': 'POPGym', 'bsuite': 'bsuite', 'memory_maze': 'Memory Maze', 'gym': 'Gymnasium'}[suite]
     close = difflib.get_close_matches(name, ids, n=3, cutoff=0.5)
     if suite == 'bsuite' and '/' in name:
         exp = name.split('/')[0]
@@ -115,6 +124,8 @@ def memory_horizon(task: str, length: int = 0) -> tuple[int, str] | None:
     (``--envs.length``) caps the horizon: no dependency crosses an episode's end.
     """
     suite, name = parse_task(task)
+    if suite == 'gym':  # unknown: a user's env says nothing about its memory
+        return None
     if suite == 'popgym':
         from recall2imagine.envs.popgym import popgym_horizon as horizon
     elif suite == 'bsuite':
@@ -127,8 +138,10 @@ def memory_horizon(task: str, length: int = 0) -> tuple[int, str] | None:
     return found
 
 
-def make_env(task: str, seed: int = 0, length: int = 0, **kwargs) -> Env:
+def make_env(task: str, seed: int = 0, length: int = 0, imports=(), **kwargs) -> Env:
     """Builds one environment from a task string.
+
+    imports: modules to import first (``--envs.import``), e.g. ones that register Gymnasium envs.
 
     length: if > 0, episodes end (truncated: is_last without is_terminal) after this many steps
       (``--envs.length``), unless the env ends them earlier.
@@ -137,6 +150,9 @@ def make_env(task: str, seed: int = 0, length: int = 0, **kwargs) -> Env:
       Memory Maze: ``speedup`` (numpy contact check, default on) and
       ``time_limit`` (episode seconds, for tests).
     """
+    from recall2imagine.envs.gym import import_modules
+
+    import_modules(imports)
     env = _make(task, seed, **kwargs)
     if length and length > 0:
         env = TimeLimit(env, int(length))
@@ -150,6 +166,15 @@ def _make(task: str, seed: int, **kwargs) -> Env:
     ids = _ids(suite)
     if name not in ids:
         raise _unknown_id(suite, name, ids)
+    if suite == 'gym':
+        from recall2imagine.envs.gym import GymEnv
+
+        kwargs.pop('bsuite_logdir', None)
+        unknown = set(kwargs) - {'size'}
+        if unknown:
+            raise TypeError(f'unexpected kwargs for Gymnasium: {sorted(unknown)}')
+        return GymEnv(name, seed=seed, **kwargs)
+    kwargs.pop('size', None)  # only Gymnasium images are resized
     if suite == 'popgym':
         from recall2imagine.envs.popgym import PopGym
 
