@@ -177,6 +177,11 @@ class Trainer:
         """Restore the newest intact checkpoint: model, optimisers, replay, counters, RNG state."""
         restored = self.ckpt.load_latest({"agent": self.agent.state, "key": self.key}, extra=self.replay.load)
         if not restored:
+            if self.cfg.run.from_checkpoint:  # a new run from another run's agent
+                from recall2imagine.evaluate import load_agent_state
+                step, folder = load_agent_state(self.agent, self.cfg.run.from_checkpoint)
+                print(f"starting from the agent of {folder} (its step {step}); counters and replay start anew",
+                      flush=True)
             return
         _, tree, meta = restored
         self.agent.state, self.key = tree["agent"], tree["key"]  # the setter places it on the train devices
