@@ -105,8 +105,9 @@ def select_gl_backend() -> str:
 def _registrations() -> dict[str, tuple[str, dict]]:
     """id -> (task function name in memory_maze.tasks, kwargs), from the package's register() calls."""
     spec = importlib.util.find_spec('memory_maze')
-    if spec is None or spec.origin is None:
-        raise ImportError('memory-maze is not installed (pip install memory-maze==1.0.3)')
+    if spec is None or spec.origin is None or not available():
+        raise ValueError('Memory Maze tasks need the mmaze extra: pip install -c constraints.txt -e ".[mmaze]" '
+                         '(or make install)')
     with open(spec.origin, encoding='utf-8') as f:
         tree = ast.parse(f.read())
 
