@@ -155,10 +155,11 @@ class Trainer:
             {k: v for k, v in cfg.flat().items() if not k.startswith("run.")}, default=str))
         self.config_hash = config_hash(self.model_config)
         self.resume()
-        # after a resume, what the logs hold beyond the checkpoint's step is dropped: steps never go back
+        continued = self.continue_from_durable_replay()
+        # after a resume, what the logs hold beyond the resumed step is dropped: steps never go back
         self.logger = Logger(logdir, outputs + ("console",), wandb_name=cfg.wdb_name, config=cfg.to_dict(),
                              console=self.progress.println,
-                             resume_step=self.counters["step"] if self.ckpt.loaded else None)
+                             resume_step=self.counters["step"] if self.ckpt.loaded or continued else None)
         self.counters.setdefault("next_report", cfg.run.report_every)
         self.counters.setdefault("next_eval", cfg.run.eval_every)
         self.batch_steps = cfg.batch_size * cfg.batch_length
@@ -192,6 +193,18 @@ class Trainer:
         if meta.get("config_hash") != self.config_hash:
             changes = config_changes(meta.get("config"), self.model_config)
             warn(f"the config differs from the checkpoint's{changes}; continuing with the new one")
+
+    def continue_from_durable_replay(self):
+        """With the LFS replay, steps flushed to the durable tier after the checkpoint are in the replay:
+        the env-step counter continues from them (a crash loses agent updates, not env steps)."""
+        durable = getattr(self.replay, "durable_steps", None)
+        if durable is None or durable <= self.counters["step"]:
+            return False
+        print(f"the durable replay holds {durable - self.counters['step']:,} env steps after "
+              f"{'the checkpoint' if self.ckpt.loaded else 'step 0'}; the env-step counter continues from "
+              f"{durable:,}", flush=True)
+        self.counters["step"] = durable
+        return True
 
     def save_checkpoint(self):
         meta = dict(counters=dict(self.counters), np_rng=self.rng.bit_generator.state,

@@ -25,9 +25,10 @@ def _rss_mb(pid):
     return 0.0
 
 
-def _start(logdir, steps):
+def _start(logdir, steps, *flags):
     cmd = [sys.executable, "-m", "recall2imagine.train", "--configs", "popgym", "debug", "--logdir", str(logdir),
-           "--run.steps", str(steps), "--run.save_every", "3", "--run.log_every", "1", "--replay_size", "100000"]
+           "--run.steps", str(steps), "--run.save_every", "3", "--run.log_every", "1", "--replay_size", "100000",
+           *flags]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -108,3 +109,45 @@ def test_sigterm_saves_a_checkpoint_and_the_logs(tmp_path):
     final = _committed(logdir / "checkpoints")[-1]
     step = int(re.search(r"stopped: (\d+) env steps", out).group(1))
     assert final == step  # the checkpoint written on the way out holds every step taken
+
+
+def _durable_steps(lfs_dir):
+    """Steps in the LFS chunk files, read from their headers (magic, uint32 length, JSON)."""
+    import struct
+    total = {}
+    for path in pathlib.Path(lfs_dir).glob("w*.chunk"):
+        data = path.read_bytes()
+        (n,) = struct.unpack("<I", data[8:12])
+        header = json.loads(data[12:12 + n])
+        w = header["worker"]
+        total[w] = max(total.get(w, 0), header["start"] + header["steps"])
+    return sum(total.values())
+
+
+def test_sigkill_with_lfs_loses_no_durable_env_steps(tmp_path):
+    """With --use_lfs the steps flushed after the last checkpoint survive a SIGKILL: the restart's step
+    counter starts at least at them, and the logged steps still never go back."""
+    logdir, lfs = tmp_path / "run", tmp_path / "lfs"
+    flags = ("--use_lfs", "True", "--lfs_dir", str(lfs), "--run.save_every", "30")
+    proc = _start(logdir, 1_000_000, *flags)
+    ckpt_dir = lfs / "checkpoints"
+    deadline = time.time() + 200
+    while time.time() < deadline and not _committed(ckpt_dir):
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.2)
+    last = _committed(ckpt_dir)[-1]
+    while time.time() < deadline and _durable_steps(lfs) < last + 64:  # chunks flushed after the checkpoint
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    durable = _durable_steps(lfs)
+    assert _committed(ckpt_dir)[-1] == last and durable >= last + 64
+
+    proc = _start(logdir, durable + 100, *flags)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    m = re.search(r"the env-step counter continues from ([\d,]+)", out)
+    assert m and int(m.group(1).replace(",", "")) >= durable, out[-2000:]
+    steps = [json.loads(line)["step"] for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+    assert all(a < b for a, b in zip(steps, steps[1:])), steps

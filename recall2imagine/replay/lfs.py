@@ -477,6 +477,12 @@ class LfsReplay(WindowSampler):
         return self.local.counts
 
     @property
+    def durable_steps(self) -> int:
+        """Steps of all workers ever written to the durable tier (the env-step count it vouches for)."""
+        self._ensure()
+        return int(self.pos.sum())
+
+    @property
     def rng(self):
         self._ensure()
         return self.local.rng
