@@ -37,14 +37,6 @@ def checkpoint_dir(logdir, cfg) -> pathlib.Path:
     return local
 
 
-def env_options(cfg) -> dict:
-    """make_env's options for the task of `cfg` (time limit, user imports, Gymnasium image size)."""
-    from recall2imagine.envs import parse_task
-
-    return dict(length=cfg.envs.length, imports=cfg.envs["import"],
-                size=cfg.envs.size if parse_task(cfg.task)[0] == "gym" else None)
-
-
 def load_agent_state(agent, source):
     """(step, folder) after loading the agent of `source` into `agent` (weights and optimiser
     states): a run's logdir (its newest intact checkpoint) or one checkpoint folder. Raises
@@ -86,7 +78,7 @@ class Policy:
         self._state = None
 
     def make_env(self, seed=0):
-        from recall2imagine.envs import make_env
+        from recall2imagine.envs import env_options, make_env
 
         return make_env(self.cfg.task, seed=seed, **env_options(self.cfg))
 

@@ -15,7 +15,7 @@ from recall2imagine import config as configlib
 from recall2imagine.agent import Agent
 from recall2imagine.checkpoint import Checkpointer, CheckpointError, config_hash
 from recall2imagine.driver import Driver
-from recall2imagine.envs import make_env, memory_horizon, parse_task
+from recall2imagine.envs import env_options, make_env, memory_horizon, parse_task
 from recall2imagine.logger import Logger, Progress, check_outputs
 from recall2imagine.replay import make_replay
 from recall2imagine.report import openloop_report, write_episode_video
@@ -114,8 +114,7 @@ class Trainer:
         bsuite_dir = str(logdir / "bsuite") if parse_task(cfg.task)[0] == "bsuite" else None
         self.envs, self.eval_env = [], None
         try:
-            options = dict(length=cfg.envs.length, imports=cfg.envs["import"],
-                           size=cfg.envs.size if parse_task(cfg.task)[0] == "gym" else None)
+            options = env_options(cfg)
             for i in range(cfg.envs.amount):
                 self.envs.append(new_env(cfg.task, seed=cfg.seed * 1000 + i,
                                          bsuite_logdir=bsuite_dir if i == 0 else None, **options))

@@ -5,6 +5,8 @@ Task strings:
   bsuite:<experiment>/<setting>      e.g. bsuite:memory_len/0
   dm_bsuite_<experiment>/<setting>   upstream alias of the above
   gym_memory_maze:<id>               e.g. gym_memory_maze:MemoryMaze-9x9-v0
+  dmc:<domain>_<task>                DeepMind Control, e.g. dmc:cartpole_balance (vector; an image too
+                                     when the encoder reads `image`)
   gym:<gymnasium id>                 any registered Gymnasium env, e.g. gym:CartPole-v1 (register
                                      your own in a module named by --envs.import)
 
@@ -25,6 +27,7 @@ SUITES = {
     'bsuite': 'bsuite:',
     'memory_maze': 'gym_memory_maze:',
     'gym': 'gym:',
+    'dmc': 'dmc:',
 }
 _ALIASES = {
     'popgym': 'popgym',
@@ -36,11 +39,12 @@ _ALIASES = {
     'mmaze': 'memory_maze',
     'gym': 'gym',
     'gymnasium': 'gym',
+    'dmc': 'dmc',
 }
 _FORMS = (
     'gym_popgym:<popgym id>, bsuite:<experiment>/<setting> '
     '(alias dm_bsuite_<experiment>/<setting>), '
-    'gym_memory_maze:<memory-maze id>, gym:<gymnasium id>'
+    'gym_memory_maze:<memory-maze id>, gym:<gymnasium id>, dmc:<domain>_<task>'
 )
 
 
@@ -73,6 +77,10 @@ def _ids(suite: str) -> list[str]:
         from recall2imagine.envs.gym import gym_ids
 
         return gym_ids()
+    if suite == 'dmc':
+        from recall2imagine.envs.dmc import dmc_ids
+
+        return dmc_ids()
     from recall2imagine.envs.memory_maze import memory_maze_ids
 
     return memory_maze_ids()
@@ -96,7 +104,8 @@ def list_tasks(suite: str | None = None) -> list[str]:
 
 
 def _unknown_id(suite: str, name: str, ids: list[str]) -> ValueError:
-    label = {'popgym': 'POPGym', 'bsuite': 'bsuite', 'memory_maze': 'Memory Maze', 'gym': 'Gymnasium'}[suite]
+    label = {'popgym': 'POPGym', 'bsuite': 'bsuite', 'memory_maze': 'Memory Maze', 'gym': 'Gymnasium',
+             'dmc': 'DeepMind Control'}[suite]
     close = difflib.get_close_matches(name, ids, n=3, cutoff=0.5)
     if suite == 'bsuite' and '/' in name:
         exp = name.split('/')[0]
@@ -124,7 +133,7 @@ def memory_horizon(task: str, length: int = 0) -> tuple[int, str] | None:
     (``--envs.length``) caps the horizon: no dependency crosses an episode's end.
     """
     suite, name = parse_task(task)
-    if suite == 'gym':  # unknown: a user's env says nothing about its memory
+    if suite in ('gym', 'dmc'):  # a user's env says nothing about its memory; DMC is fully observed
         return None
     if suite == 'popgym':
         from recall2imagine.envs.popgym import popgym_horizon as horizon
@@ -136,6 +145,21 @@ def memory_horizon(task: str, length: int = 0) -> tuple[int, str] | None:
     if found is not None and length and 0 < length < found[0]:
         return int(length), f'{found[1]}, cut at the {length}-step time limit'
     return found
+
+
+def env_options(cfg) -> dict:
+    """make_env's options from a run config: the time limit, user imports (``--envs.import``), and for
+    Gymnasium and DMC tasks the image size (``--envs.size``); DMC renders images only when the
+    encoder or decoder reads an ``image`` key."""
+    import re
+
+    suite = parse_task(cfg.task)[0]
+    options = dict(length=cfg.envs.length, imports=cfg.envs['import'])
+    if suite in ('gym', 'dmc'):
+        options['size'] = cfg.envs.size
+    if suite == 'dmc':
+        options['image'] = any(re.fullmatch(p, 'image') for p in (cfg.encoder.cnn_keys, cfg.decoder.cnn_keys))
+    return options
 
 
 def make_env(task: str, seed: int = 0, length: int = 0, imports=(), **kwargs) -> Env:
@@ -174,7 +198,16 @@ def _make(task: str, seed: int, **kwargs) -> Env:
         if unknown:
             raise TypeError(f'unexpected kwargs for Gymnasium: {sorted(unknown)}')
         return GymEnv(name, seed=seed, **kwargs)
-    kwargs.pop('size', None)  # only Gymnasium images are resized
+    if suite == 'dmc':
+        from recall2imagine.envs.dmc import DMC
+
+        kwargs.pop('bsuite_logdir', None)
+        unknown = set(kwargs) - {'size', 'image', 'repeat'}
+        if unknown:
+            raise TypeError(f'unexpected kwargs for DeepMind Control: {sorted(unknown)}')
+        return DMC(name, seed=seed, **kwargs)
+    kwargs.pop('size', None)  # only Gymnasium and DMC images have a configured size
+    kwargs.pop('image', None)
     if suite == 'popgym':
         from recall2imagine.envs.popgym import PopGym
 
