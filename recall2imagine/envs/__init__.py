@@ -7,6 +7,7 @@ Task strings:
   gym_memory_maze:<id>               e.g. gym_memory_maze:MemoryMaze-9x9-v0
   dmc:<domain>_<task>                DeepMind Control, e.g. dmc:cartpole_balance (vector; an image too
                                      when the encoder reads `image`)
+  atari:<game>                       Atari through ale-py (the atari extra), e.g. atari:pong
   gym:<gymnasium id>                 any registered Gymnasium env, e.g. gym:CartPole-v1 (register
                                      your own in a module named by --envs.import)
 
@@ -28,6 +29,7 @@ SUITES = {
     'memory_maze': 'gym_memory_maze:',
     'gym': 'gym:',
     'dmc': 'dmc:',
+    'atari': 'atari:',
 }
 _ALIASES = {
     'popgym': 'popgym',
@@ -40,11 +42,12 @@ _ALIASES = {
     'gym': 'gym',
     'gymnasium': 'gym',
     'dmc': 'dmc',
+    'atari': 'atari',
 }
 _FORMS = (
     'gym_popgym:<popgym id>, bsuite:<experiment>/<setting> '
     '(alias dm_bsuite_<experiment>/<setting>), '
-    'gym_memory_maze:<memory-maze id>, gym:<gymnasium id>, dmc:<domain>_<task>'
+    'gym_memory_maze:<memory-maze id>, gym:<gymnasium id>, dmc:<domain>_<task>, atari:<game>'
 )
 
 
@@ -81,6 +84,10 @@ def _ids(suite: str) -> list[str]:
         from recall2imagine.envs.dmc import dmc_ids
 
         return dmc_ids()
+    if suite == 'atari':
+        from recall2imagine.envs.atari import atari_ids
+
+        return atari_ids()
     from recall2imagine.envs.memory_maze import memory_maze_ids
 
     return memory_maze_ids()
@@ -105,7 +112,7 @@ def list_tasks(suite: str | None = None) -> list[str]:
 
 def _unknown_id(suite: str, name: str, ids: list[str]) -> ValueError:
     label = {'popgym': 'POPGym', 'bsuite': 'bsuite', 'memory_maze': 'Memory Maze', 'gym': 'Gymnasium',
-             'dmc': 'DeepMind Control'}[suite]
+             'dmc': 'DeepMind Control', 'atari': 'Atari'}[suite]
     close = difflib.get_close_matches(name, ids, n=3, cutoff=0.5)
     if suite == 'bsuite' and '/' in name:
         exp = name.split('/')[0]
@@ -133,7 +140,7 @@ def memory_horizon(task: str, length: int = 0) -> tuple[int, str] | None:
     (``--envs.length``) caps the horizon: no dependency crosses an episode's end.
     """
     suite, name = parse_task(task)
-    if suite in ('gym', 'dmc'):  # a user's env says nothing about its memory; DMC is fully observed
+    if suite in ('gym', 'dmc', 'atari'):  # unknown for a user's env; DMC and Atari need little memory
         return None
     if suite == 'popgym':
         from recall2imagine.envs.popgym import popgym_horizon as horizon
@@ -155,8 +162,10 @@ def env_options(cfg) -> dict:
 
     suite = parse_task(cfg.task)[0]
     options = dict(length=cfg.envs.length, imports=cfg.envs['import'])
-    if suite in ('gym', 'dmc'):
+    if suite in ('gym', 'dmc', 'atari'):
         options['size'] = cfg.envs.size
+    if suite == 'atari':
+        options['sticky'] = cfg.envs.sticky
     if suite == 'dmc':
         options['image'] = any(re.fullmatch(p, 'image') for p in (cfg.encoder.cnn_keys, cfg.decoder.cnn_keys))
     return options
@@ -206,8 +215,16 @@ def _make(task: str, seed: int, **kwargs) -> Env:
         if unknown:
             raise TypeError(f'unexpected kwargs for DeepMind Control: {sorted(unknown)}')
         return DMC(name, seed=seed, **kwargs)
-    kwargs.pop('size', None)  # only Gymnasium and DMC images have a configured size
-    kwargs.pop('image', None)
+    if suite == 'atari':
+        from recall2imagine.envs.atari import Atari
+
+        kwargs.pop('bsuite_logdir', None)
+        unknown = set(kwargs) - {'size', 'sticky'}
+        if unknown:
+            raise TypeError(f'unexpected kwargs for Atari: {sorted(unknown)}')
+        return Atari(name, seed=seed, **kwargs)
+    for key in ('size', 'image', 'sticky'):  # options of the suites above only
+        kwargs.pop(key, None)
     if suite == 'popgym':
         from recall2imagine.envs.popgym import PopGym
 
