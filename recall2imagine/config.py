@@ -503,13 +503,42 @@ def default_config() -> Config:
     return Config(load_configs()['defaults'])
 
 
+def _user_yaml(path: str, configs: dict, schema: dict) -> list[str]:
+    """Reads a user's YAML file given to --configs. A file whose top-level keys are config keys
+    (`rssm: {deter: 256}`, `rssm.deter: 256` or patterns) is one block, named by its path; otherwise
+    its top-level mappings are named blocks, usable after it in --configs. Returns the names to apply
+    now (the path, or none)."""
+    file = pathlib.Path(path).expanduser()
+    try:
+        data = yaml.safe_load(file.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f'--configs {path}: cannot read it as YAML ({type(e).__name__}: '
+                          f'{" ".join(str(e).split())[:200]})') from None
+    if not isinstance(data, dict):
+        raise ConfigError(f'--configs {path}: the file must hold a mapping (config keys or named blocks)')
+    sections = {k.split('.')[0] for k in schema}
+    if all(k in sections or k in schema or is_pattern(k) for k in data):
+        configs[path] = data
+        return [path]
+    for name, block in data.items():
+        if not isinstance(block, dict):
+            raise ConfigError(f'--configs {path}: block {name!r} must be a mapping of config keys')
+        configs[name] = block
+    return []
+
+
 def _apply_blocks(names, configs=None) -> Config:
-    configs = load_configs() if configs is None else configs
-    available = [n for n in configs if n != 'defaults']
+    configs = dict(load_configs() if configs is None else configs)
     cfg = Config(configs['defaults'])
-    for name in names:
+    pending = list(names)
+    while pending:
+        name = pending.pop(0)
         if name == 'defaults':
             continue
+        if name not in configs and name.endswith(('.yaml', '.yml')):
+            pending[:0] = _user_yaml(name, configs, cfg._flat)
+            continue
+        available = [n for n in configs if n != 'defaults']
         if name not in configs:
             close = difflib.get_close_matches(name, available, n=1, cutoff=0.5)
             hint = f'; did you mean {close[0]!r}?' if close else ''
@@ -520,7 +549,8 @@ def _apply_blocks(names, configs=None) -> Config:
         try:
             flat = _apply(cfg._flat, entries, False, label)
         except ConfigError as e:
-            raise ConfigError(f'configs.yaml block {name!r}: {e}') from None
+            where = name if name.endswith(('.yaml', '.yml')) else f'configs.yaml block {name!r}'
+            raise ConfigError(f'{where}: {e}') from None
         cfg = Config._from_flat(flat)
     return cfg
 

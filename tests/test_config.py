@@ -368,3 +368,24 @@ def test_unwritable_logdir_is_one_line(tmp_path, capsys):
     code = train.main(['--configs', 'popgym', 'debug', '--logdir', str(blocker / 'run')])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith(f'error: --logdir {blocker / "run"} cannot be created') and err.count('\n') == 1
+
+
+def test_user_yaml_of_named_blocks_and_of_flat_keys(tmp_path):
+    blocks = tmp_path / 'blocks.yaml'
+    blocks.write_text("fast:\n  rssm.deter: 64\n  run:\n    train_ratio: 16\nwide:\n  '.*\\.units': 256\n")
+    cfg = parse(['--configs', 'popgym', 'cpu', str(blocks), 'fast'])
+    assert cfg.rssm.deter == 64 and cfg.run.train_ratio == 16 and cfg.rssm.units == 128  # `wide` not applied
+    assert parse(['--configs', 'popgym', 'cpu', str(blocks), 'fast', 'wide']).actor.units == 256
+    flat = tmp_path / 'flat.yml'
+    flat.write_text('rssm: {deter: 96}\nrun.steps: 1234\n')
+    cfg = parse(['--configs', 'popgym', str(flat)])
+    assert cfg.rssm.deter == 96 and cfg.run.steps == 1234 and cfg.task.startswith('gym_popgym:')
+
+
+def test_user_yaml_errors_are_one_line(tmp_path):
+    with pytest.raises(ConfigError, match='cannot read it as YAML'):
+        parse(['--configs', str(tmp_path / 'missing.yaml')])
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('rssm.detr: 3\n')  # not a config key: read as a block named rssm.detr, which is no mapping
+    with pytest.raises(ConfigError, match='must be a mapping'):
+        parse(['--configs', str(bad)])
