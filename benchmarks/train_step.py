@@ -179,7 +179,8 @@ def run_point(spec):
     import numpy as np
     import optax
 
-    from recall2imagine.agent import Agent, resolve_precision
+    from recall2imagine.agent import Agent
+    from recall2imagine.devices import resolve_precision
 
     obs_kind = spec.get("obs", "vector")
     rng = np.random.default_rng(0)

@@ -83,7 +83,8 @@ def main(argv=None):
     from probe_memory import imagined_rewards, posteriors, probes, random_episodes, task_lag
 
     from recall2imagine import config as configlib
-    from recall2imagine.agent import Agent, optimize
+    from recall2imagine.agent import Agent
+    from recall2imagine.optim import optimize
     from recall2imagine.envs import make_env
     cfg = configlib.parse(overrides)
     jax.config.update("jax_platforms", cfg.jax.platform if cfg.jax.platform != "auto" else "cpu")

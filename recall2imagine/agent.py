@@ -1,6 +1,6 @@
 """R2I agent: world model + actor-critic in imagination, as pure functions over a state pytree.
 
-Data flow of one update (spec section 5):
+Data flow of one update (paper, section 3 and appendix):
   replay batch [B, T] -> world-model loss (observe, heads, KL) -> model_opt step
   -> posterior states [B*T] -> imagine `imag_horizon` steps with the actor
   -> lambda-returns (fast critic) -> actor step -> critic step -> slow critic EMA.
@@ -13,25 +13,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from recall2imagine.devices import DTYPES, resolve_devices, resolve_precision
 from recall2imagine.nets import dists
 from recall2imagine.nets.gru import GRURSSM
 from recall2imagine.nets.heads import Decoder, Encoder
 from recall2imagine.nets.layers import MLP, feature_size, features
 from recall2imagine.nets.rssm import RSSM
+from recall2imagine.optim import adam, global_norm, kernel_mask, optimize, param_labels
 
 sg = jax.lax.stop_gradient
-SSM_LEAVES = ("Lambda_re", "Lambda_im", "B", "C", "D", "log_step")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-def resolve_precision(precision):
-    """`jax.precision` as a DTYPES key: auto is float16 on accelerators and float32 on the CPU, where
-    XLA has no fast float16 kernels (the full mmaze update ran > 20 min in float16 on 2 cores)."""
-    if precision == "auto":
-        return "float32" if jax.default_backend() == "cpu" else "float16"
-    if precision not in DTYPES:
-        raise ValueError(f"jax.precision must be auto, float32, bfloat16 or float16, got {precision!r}")
-    return precision
 
 
 class WorldModel(eqx.Module):
@@ -54,37 +44,6 @@ class WorldModel(eqx.Module):
         self.reward = MLP(fs(r.inputs, "reward_head.inputs"), r.layers, r.units, r.bins, key=ks[3],
                           outscale=r.outscale)
         self.cont = MLP(fs(c.inputs, "cont_head.inputs"), c.layers, c.units, 1, key=ks[4], outscale=c.outscale)
-
-
-def optimize(opt, loss_fn, params, opt_state, scale, good, fp16):
-    """One optimiser step with a skip of non-finite updates and, for float16, dynamic loss scaling.
-
-    loss_fn(params) -> (loss, aux). The loss is multiplied by `scale` before differentiation and
-    the gradients divided by it; on non-finite gradients the update is skipped and the scale
-    halved, after 1000 finite steps in a row it doubles (clipped to [1e-4, 1e4]).
-    Returns (params, opt_state, scale, good, loss, aux, grads, finite).
-    """
-    if fp16:
-        def scaled(p):
-            loss, aux = loss_fn(p)
-            return loss * scale, (loss, aux)
-
-        (_, (loss, aux)), grads = jax.value_and_grad(scaled, has_aux=True)(params)
-        grads = jax.tree.map(lambda g: g * (1.0 / scale), grads)
-    else:
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-    updates, new_state = opt.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    keep = lambda new, old: jnp.where(finite, new, old)
-    params, opt_state = jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_state, opt_state)
-    if fp16:
-        grow = finite & (good + 1 >= 1000)
-        scale = jnp.clip(jnp.where(finite, jnp.where(grow, 2 * scale, scale), scale / 2), 1e-4, 1e4)
-        good = jnp.where(finite & ~grow, good + 1, 0)
-    else:
-        good = jnp.where(finite, good + 1, 0)
-    return params, opt_state, scale, good, loss, aux, grads, finite
 
 
 def replayed_outputs(static):
@@ -146,84 +105,7 @@ class AgentState(NamedTuple):
     good_steps: jax.Array  # [3] consecutive finite steps per optimiser
 
 
-def global_norm(tree):
-    """sqrt of the summed squares of all leaves, with one dot product per leaf.
-
-    (optax's square-then-reduce form hits an XLA GPU compiler error on [1]-shaped leaves such as
-    the continue head's bias in jax 0.11.2: "Expected instruction to have shape f32[]".)
-    """
-    leaves = jax.tree.leaves(tree)
-    return jnp.sqrt(sum(jnp.vdot(x.ravel(), x.ravel()).real.astype(jnp.float32) for x in leaves))
-
-
-def clip_by_global_norm(max_norm):
-    def update(updates, state, params=None):
-        norm = global_norm(updates)
-        factor = jnp.where(norm < max_norm, 1.0, max_norm / norm)
-        return jax.tree.map(lambda g: (g * factor).astype(g.dtype), updates), state
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
-
-
-def _adam(lr, eps, clip, wd=0.0, wd_mask=None):
-    """clip by global norm -> Adam -> decoupled weight decay on kernels -> scale by -lr."""
-    parts = [clip_by_global_norm(clip), optax.scale_by_adam(eps=eps)]
-    if wd:
-        parts.append(optax.add_decayed_weights(wd, mask=wd_mask))
-    parts.append(optax.scale(-lr))
-    return optax.chain(*parts)
-
-
-def _leaf_name(path):
-    last = path[-1]
-    return getattr(last, "name", getattr(last, "key", str(last)))
-
-
-def param_labels(tree):
-    """'ssm' for the S5 leaves inside the sequence model, 'rest' otherwise (spec 4.9)."""
-    def label(path, _):
-        names = [str(getattr(p, "name", getattr(p, "key", p))) for p in path]
-        return "ssm" if "stack" in names and _leaf_name(path) in SSM_LEAVES else "rest"
-    return jax.tree_util.tree_map_with_path(label, tree)
-
-
-def kernel_mask(tree):
-    """Weight decay applies to dense kernels only (leaf `w` of our Linear, `weight` of eqx.nn)."""
-    return jax.tree_util.tree_map_with_path(lambda p, _: _leaf_name(p) in ("w", "weight"), tree)
-
-
 _copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))  # fresh buffers on the input's device
-
-
-def resolve_devices(cfg):
-    """(train devices, policy device) from `--jax.train_devices` / `--jax.policy_devices`.
-
-    Raises ConfigError (one line, says what to set) for an id that does not exist, a repeated train
-    device, more than one policy device, or a batch size the train devices do not divide.
-    """
-    from recall2imagine.config import ConfigError
-    devices = jax.devices()
-    available = f"available on {jax.default_backend()}: " + ", ".join(
-        f"{i} ({d.device_kind})" for i, d in enumerate(devices))
-    for name in ("train_devices", "policy_devices"):
-        ids = list(cfg.jax[name])
-        bad = [i for i in ids if not 0 <= i < len(devices)]
-        if not ids or bad:
-            raise ConfigError(f"--jax.{name} {' '.join(map(str, ids)) or '(empty)'}: no such device; {available}")
-    train_ids, policy_ids = list(cfg.jax.train_devices), list(cfg.jax.policy_devices)
-    if len(set(train_ids)) != len(train_ids):
-        raise ConfigError(f"--jax.train_devices {' '.join(map(str, train_ids))}: a device is listed twice")
-    if len(policy_ids) != 1:
-        raise ConfigError(f"--jax.policy_devices {' '.join(map(str, policy_ids))}: the policy runs on one "
-                          f"device; give one id, e.g. --jax.policy_devices {policy_ids[0]}")
-    n, B = len(train_ids), cfg.batch_size
-    if B % n:
-        raise ConfigError(
-            f"--batch_size {B} is not divisible by the {n} train devices (--jax.train_devices "
-            f"{' '.join(map(str, train_ids))}): the batch is split along B; set --batch_size to a multiple "
-            f"of {n} (e.g. {-(-B // n) * n})")
-    if cfg.jax.sync_every < 1:
-        raise ConfigError(f"--jax.sync_every must be at least 1, got {cfg.jax.sync_every}")
-    return [devices[i] for i in train_ids], devices[policy_ids[0]]
 
 
 class Agent:
@@ -274,10 +156,10 @@ class Agent:
         # the S5 leaves form their own group: own lr, own global-norm clip, no weight decay
         self.labels = param_labels(wm_params)
         self.wm_opt = optax.multi_transform(
-            {"rest": _adam(m.lr, m.eps, m.clip, m.wd, kernel_mask), "ssm": _adam(m.ssm_lr, m.eps, m.clip)},
+            {"rest": adam(m.lr, m.eps, m.clip, m.wd, kernel_mask), "ssm": adam(m.ssm_lr, m.eps, m.clip)},
             self.labels)
-        self.actor_opt = _adam(ao.lr, ao.eps, ao.clip, ao.wd, kernel_mask)
-        self.critic_opt = _adam(co.lr, co.eps, co.clip, co.wd, kernel_mask)
+        self.actor_opt = adam(ao.lr, ao.eps, ao.clip, ao.wd, kernel_mask)
+        self.critic_opt = adam(co.lr, co.eps, co.clip, co.wd, kernel_mask)
         self.state = AgentState(  # the `state` setter places it on the train devices
             wm=wm, actor=actor, critic=critic, slow_critic=jax.tree.map(jnp.copy, critic),
             wm_opt=self.wm_opt.init(wm_params),

@@ -36,7 +36,7 @@ def setup_jax(cfg):
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise configlib.ConfigError(f"--jax.platform {platform}: not available here ({reason}); "
                                     f"use --jax.platform cpu")
-    from recall2imagine.agent import resolve_devices, resolve_precision
+    from recall2imagine.devices import resolve_devices, resolve_precision
     try:
         resolve_precision(cfg.jax.precision)
     except ValueError as e:

@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recall2imagine.agent import SSM_LEAVES, lambda_return, param_labels
+from recall2imagine.agent import lambda_return
+from recall2imagine.optim import SSM_LEAVES, param_labels
 from recall2imagine.nets import dists
 from helpers import debug_agent, random_batch
 
@@ -126,7 +127,7 @@ def test_train_step_updates_everything_and_is_finite():
 
 def test_optimize_skips_nonfinite_and_scales_loss():
     import optax
-    from recall2imagine.agent import optimize
+    from recall2imagine.optim import optimize
     opt = optax.sgd(0.1)
     params = {"w": jnp.ones(3)}
     state = opt.init(params)
@@ -255,7 +256,7 @@ def test_continuous_actions_train_through_the_dynamics():
 
 
 def test_precision_auto_is_float32_on_cpu():
-    from recall2imagine.agent import resolve_precision
+    from recall2imagine.devices import resolve_precision
     _, _, agent = debug_agent("--jax.precision", "auto")
     assert agent.dtype == jnp.float32 and not agent.fp16
     assert resolve_precision("bfloat16") == "bfloat16"

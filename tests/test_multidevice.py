@@ -126,7 +126,7 @@ def test_bad_device_flags_one_line_errors(tmp_path):
         (["--jax.train_devices", "0", "2"], "no such device; available on cpu: 0 (cpu), 1 (cpu)"),
         (["--jax.policy_devices", "0", "1"], "the policy runs on one device"),
         (["--jax.train_devices", "1", "1"], "a device is listed twice"),
-        (["--jax.sync_every", "0"], "--jax.sync_every must be at least 1"),
+        (["--jax.sync_every", "0"], "--jax.sync_every 0 is out of range: it must be an integer in [1, inf)"),
     ]
     out = _python(["-c", BAD_FLAGS, json.dumps([base + argv for argv, _ in cases])], timeout=120)
     for (argv, needle), (code, err) in zip(cases, json.loads(out.strip().splitlines()[-1])):
