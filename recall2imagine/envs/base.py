@@ -97,14 +97,19 @@ class Env:
 
 
 class DmEnv(Env):
-    """An Env over a dm_env environment ``self._env`` with one discrete action spec (offset
-    ``self._act_min``). Subclasses convert observations with ``_obs``. An episode ends at the
+    """An Env over a dm_env environment ``self._env``. Subclasses convert observations with ``_obs``
+    and actions with ``_env_action`` (default: one discrete action spec, offset ``self._act_min``).
+    Each agent step repeats the action ``repeat`` times and sums the rewards. An episode ends at the
     dm_env LAST step: terminal when its discount is 0, else a truncation (e.g. a time limit)."""
 
     _done = True
+    repeat = 1
 
     def _obs(self, observation) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def _env_action(self, action):
+        return self._discrete_action(action) + self._act_min
 
     def reset(self):
         ts = self._env.reset()
@@ -114,11 +119,15 @@ class DmEnv(Env):
     def step(self, action):
         if self._done:
             raise RuntimeError('episode is over: call reset() before step()')
-        ts = self._env.step(self._discrete_action(action) + self._act_min)
+        action, reward = self._env_action(action), 0.0
+        for _ in range(self.repeat):
+            ts = self._env.step(action)
+            reward += 0.0 if ts.reward is None else float(ts.reward)
+            if ts.last():
+                break
         last = bool(ts.last())
         self._done = last
         terminal = last and ts.discount is not None and float(ts.discount) == 0.0
-        reward = 0.0 if ts.reward is None else float(ts.reward)
         return self._pack(self._obs(ts.observation), reward, False, last, terminal)
 
 

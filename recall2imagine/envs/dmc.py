@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recall2imagine.envs.base import ActSpace, Env
+from recall2imagine.envs.base import ActSpace, DmEnv
 
 
 def _suite():
@@ -29,14 +29,14 @@ def dmc_ids() -> list[str]:
     return sorted(f'{d}_{t}' for d, t in _suite().ALL_TASKS)
 
 
-class DMC(Env):
+class DMC(DmEnv):
     """One DeepMind Control task behind the common ``Env`` interface (module docstring)."""
 
     def __init__(self, name: str, seed: int = 0, repeat: int = 2, image: bool = False, size=(64, 64)):
         suite = _suite()
         tasks = {f'{d}_{t}': (d, t) for d, t in suite.ALL_TASKS}
         domain, task = tasks[name]
-        self.name, self._repeat, self._image, self._size = name, int(repeat), bool(image), tuple(size)
+        self.name, self.repeat, self._image, self._size = name, int(repeat), bool(image), tuple(size)
         self._camera = 2 if domain == 'quadruped' else 0
         self._env = suite.load(domain, task, task_kwargs={'random': seed})
         spec = self._env.action_spec()
@@ -56,22 +56,5 @@ class DMC(Env):
             out['image'] = self._env.physics.render(*self._size, camera_id=self._camera)
         return out
 
-    def reset(self):
-        ts = self._env.reset()
-        self._done = False
-        return self._pack(self._obs(ts.observation), 0.0, True, False, False)
-
-    def step(self, action):
-        if self._done:
-            raise RuntimeError('episode is over: call reset() before step()')
-        action = self._continuous_action(action, self._low, self._high)
-        reward = 0.0
-        for _ in range(self._repeat):
-            ts = self._env.step(action)
-            reward += float(ts.reward or 0.0)
-            if ts.last():
-                break
-        last = bool(ts.last())
-        self._done = last
-        terminal = last and ts.discount is not None and float(ts.discount) == 0.0
-        return self._pack(self._obs(ts.observation), reward, False, last, terminal)
+    def _env_action(self, action):
+        return self._continuous_action(action, self._low, self._high)
