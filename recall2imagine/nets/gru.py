@@ -58,9 +58,8 @@ class GRURSSM(eqx.Module):
     classes: int = eqx.field(static=True)
     unimix: float = eqx.field(static=True)
     action_clip: float = eqx.field(static=True)
-    parallel: bool = eqx.field(static=True)  # accepted for interface parity; the GRU has no parallel form
 
-    def __init__(self, cfg, embed_dim, act_dim, parallel, *, key):
+    def __init__(self, cfg, embed_dim, act_dim, parallel, *, key):  # `parallel`: as RSSM's; the GRU has none
         r = cfg.rssm
         ks = jax.random.split(key, 6)
         zdim = r.stoch * r.classes
@@ -78,7 +77,6 @@ class GRURSSM(eqx.Module):
             raise ValueError(f"rssm.initial must be 'learned' or 'zeros', got {r.initial!r}")
         self.deter, self.stoch, self.classes, self.unimix = r.deter, r.stoch, r.classes, r.unimix
         self.action_clip = r.action_clip
-        self.parallel = parallel
 
     def feature_sizes(self):
         """Width of each latent entry once flattened (see layers.features)."""

@@ -68,11 +68,9 @@ class S5(eqx.Module):
     discretization: str = eqx.field(static=True)
     conj_sym: bool = eqx.field(static=True)
     clip_eigs: bool = eqx.field(static=True)
-    step_rescale: float = eqx.field(static=True)
 
     def __init__(self, H, P, *, n_blocks=8, C_init="trunc_standard_normal", conj_sym=False,
-                 discretization="bilinear", dt_min=1e-3, dt_max=0.1, clip_eigs=False,
-                 step_rescale=1.0, key):
+                 discretization="bilinear", dt_min=1e-3, dt_max=0.1, clip_eigs=False, key):
         if P % n_blocks:
             raise ValueError(f"P={P} not divisible by n_blocks={n_blocks}")
         N_b = P // n_blocks
@@ -104,7 +102,6 @@ class S5(eqx.Module):
         self.discretization = discretization
         self.conj_sym = conj_sym
         self.clip_eigs = clip_eigs
-        self.step_rescale = step_rescale
 
     @property
     def state_size(self) -> int:
@@ -113,7 +110,7 @@ class S5(eqx.Module):
     def _discrete(self):
         re = jnp.minimum(self.Lambda_re, -1e-4) if self.clip_eigs else self.Lambda_re
         Lambda = jax.lax.complex(re, self.Lambda_im)  # [S]
-        step = self.step_rescale * jnp.exp(self.log_step)  # [S]
+        step = jnp.exp(self.log_step)  # [S]
         Lbar, gamma = discretize(Lambda, step, self.discretization)
         return Lbar, gamma[:, None] * _complex(self.B), _complex(self.C)  # [S], [S, H], [H, S]
 
