@@ -652,7 +652,8 @@ RANGES = (
     (r'seed', '[0, inf)'),
     (r'replay_size|batch_size', '[1, inf)'),
     (r'batch_length', '[2, inf)'),  # one step has no dynamics to learn
-    (r'run\.steps|run\.save_every|run\.keep_checkpoints|run\.eval_every', '(0, inf)'),
+    (r'run\.steps', '[0, inf)'),  # 0: resume (or rebuild the replay) and stop
+    (r'run\.save_every|run\.keep_checkpoints|run\.eval_every', '(0, inf)'),
     (r'run\.train_ratio', '(0, inf)'),  # 0 would mean no training at all
     (r'run\.(train_fill|log_every|eval_eps|report_every|expl_until)', '[0, inf)'),
     (r'run\.report_context|jax\.sync_every|envs\.amount|envs\.size', '[1, inf)'),

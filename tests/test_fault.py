@@ -49,7 +49,7 @@ def test_sigkill_and_resume_repeatedly(tmp_path):
     logdir = tmp_path / "run"
     ckpt_dir = logdir / "checkpoints"
     rss_before = []
-    for attempt in range(3):
+    for attempt in range(2):  # a kill after the first checkpoint, then one after a resume
         proc = _start(logdir, 1_000_000)
         known = _committed(ckpt_dir)
         deadline = time.time() + 150

@@ -148,7 +148,7 @@ def test_mmaze_small_trains_and_writes_openloop_video(tmp_path):
 
     logdir = tmp_path / 'mm'
     code = train.main(['--configs', 'mmaze', 'mmaze_small', '--logdir', str(logdir), '--envs.amount', '1',
-                       '--envs.parallel', 'none', '--batch_length', '16', '--run.steps', '120',
+                       '--envs.parallel', 'none', '--batch_size', '4', '--batch_length', '16', '--run.steps', '120',
                        '--run.train_fill', '64', '--run.eval_eps', '1', '--run.eval_every', '100',
                        '--envs.length', '40', '--run.log_every', '0',
                        '--run.report_every', '100', '--run.report_context', '8'])

@@ -46,11 +46,11 @@ def test_debug_run_writes_finite_metrics(tmp_path, configs, task, capsys):
     (["--rssm.deter", "abc"], "rssm.deter"),
     (["--ssm.conj_sym", "yes"], "True or False"),
     (["--configs", "debug", "--task", "gym_popgym:popgym-RepeatPrevEasy-v0"], "popgym-RepeatPreviousEasy-v0"),
-    (["--configs", "debug", "--task", "atari:pong"], "suite"),
+    (["--configs", "debug", "--task", "arcade:pong"], "suite"),
     (["--configs", "debug", "--jax.precision", "float8"], "float32"),
     (["--configs", "debug", "--jax.train_devices", "7"], "no such device; available on cpu: 0"),
-    (["--configs", "mmaze", "--envs.amount", "100000"], "Memory Maze envs need about"),
-    (["--configs", "debug", "--reward_head.bin_max", "0"], "reward_head.bin_max > 0"),
+    (["--configs", "mmaze", "--envs.amount", "100000", "--replay_size", "1e12"], "Memory Maze envs need about"),
+    (["--configs", "debug", "--reward_head.bin_max", "0"], "--reward_head.bin_max 0.0 is out of range"),
 ])
 def test_bad_input_one_line_error(argv, needle, tmp_path, capsys):
     code = train.main([*argv, "--logdir", str(tmp_path / "x")])

@@ -140,6 +140,10 @@ def memory_horizon(task: str, length: int = 0) -> tuple[int, str] | None:
     (``--envs.length``) caps the horizon: no dependency crosses an episode's end.
     """
     suite, name = parse_task(task)
+    if suite in ('popgym', 'bsuite', 'memory_maze'):
+        ids = _ids(suite)
+        if name not in ids:
+            raise _unknown_id(suite, name, ids)
     if suite in ('gym', 'dmc', 'atari'):  # unknown for a user's env; DMC and Atari need little memory
         return None
     if suite == 'popgym':
