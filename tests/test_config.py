@@ -88,9 +88,9 @@ def test_popgym_cpu_is_cpu_with_the_settings_that_learned_repeat_previous():
     """`popgym_cpu` is `cpu` plus the four settings that learned RepeatPrevious (BENCHMARKS.md)."""
     ours = parse(['--configs', 'popgym', 'popgym_cpu']).flat()
     cpu = parse(['--configs', 'popgym', 'cpu']).flat()
-    extra = {'rssm.hidden': 256, 'free_bits': 2.0, 'reward_head.bin_max': 1.0, 'actent': 3e-3}
+    extra = {'rssm.hidden': 64, 'free_bits': 2.0, 'reward_head.bin_max': 1.0, 'actent': 3e-3}
     assert {k: ours[k] for k in ours if ours[k] != cpu[k]} == extra
-    flags = parse(['--configs', 'popgym', 'cpu', '--rssm.hidden', '256', '--free_bits', '2.0',
+    flags = parse(['--configs', 'popgym', 'cpu', '--rssm.hidden', '64', '--free_bits', '2.0',
                    '--reward_head.bin_max', '1.0', '--actent', '0.003']).flat()
     assert flags == ours  # the recorded commands with explicit flags run the same model
 
