@@ -17,6 +17,7 @@ List the tasks with ``python -m recall2imagine.envs --list [suite]``.
 from __future__ import annotations
 
 import difflib
+import importlib
 
 from recall2imagine.envs.base import ActSpace, Env, TimeLimit
 
@@ -43,6 +44,15 @@ _ALIASES = {
     'gymnasium': 'gym',
     'dmc': 'dmc',
     'atari': 'atari',
+}
+_LABELS = {'popgym': 'POPGym', 'bsuite': 'bsuite', 'memory_maze': 'Memory Maze', 'gym': 'Gymnasium',
+           'dmc': 'DeepMind Control', 'atari': 'Atari'}
+# Suites whose adapter takes make_env's options by name: suite -> (module, class, options it takes).
+_ADAPTERS = {
+    'gym': ('gym', 'GymEnv', {'size'}),
+    'dmc': ('dmc', 'DMC', {'size', 'image', 'repeat'}),
+    'atari': ('atari', 'Atari', {'size', 'sticky'}),
+    'memory_maze': ('memory_maze', 'MemoryMaze', {'speedup', 'time_limit'}),
 }
 _FORMS = (
     'gym_popgym:<popgym id>, bsuite:<experiment>/<setting> '
@@ -111,8 +121,7 @@ def list_tasks(suite: str | None = None) -> list[str]:
 
 
 def _unknown_id(suite: str, name: str, ids: list[str]) -> ValueError:
-    label = {'popgym': 'POPGym', 'bsuite': 'bsuite', 'memory_maze': 'Memory Maze', 'gym': 'Gymnasium',
-             'dmc': 'DeepMind Control', 'atari': 'Atari'}[suite]
+    label = _LABELS[suite]
     close = difflib.get_close_matches(name, ids, n=3, cutoff=0.5)
     if suite == 'bsuite' and '/' in name:
         exp = name.split('/')[0]
@@ -203,46 +212,18 @@ def _make(task: str, seed: int, **kwargs) -> Env:
     ids = _ids(suite)
     if name not in ids:
         raise _unknown_id(suite, name, ids)
-    if suite == 'gym':
-        from recall2imagine.envs.gym import GymEnv
-
-        kwargs.pop('bsuite_logdir', None)
-        unknown = set(kwargs) - {'size'}
+    if suite in _ADAPTERS:
+        module, cls, allowed = _ADAPTERS[suite]
+        unknown = set(kwargs) - allowed
         if unknown:
-            raise TypeError(f'unexpected kwargs for Gymnasium: {sorted(unknown)}')
-        return GymEnv(name, seed=seed, **kwargs)
-    if suite == 'dmc':
-        from recall2imagine.envs.dmc import DMC
-
-        kwargs.pop('bsuite_logdir', None)
-        unknown = set(kwargs) - {'size', 'image', 'repeat'}
-        if unknown:
-            raise TypeError(f'unexpected kwargs for DeepMind Control: {sorted(unknown)}')
-        return DMC(name, seed=seed, **kwargs)
-    if suite == 'atari':
-        from recall2imagine.envs.atari import Atari
-
-        kwargs.pop('bsuite_logdir', None)
-        unknown = set(kwargs) - {'size', 'sticky'}
-        if unknown:
-            raise TypeError(f'unexpected kwargs for Atari: {sorted(unknown)}')
-        return Atari(name, seed=seed, **kwargs)
-    for key in ('size', 'image', 'sticky'):  # options of the suites above only
-        kwargs.pop(key, None)
+            raise TypeError(f'unexpected kwargs for {_LABELS[suite]}: {sorted(unknown)}')
+        return getattr(importlib.import_module(f'recall2imagine.envs.{module}'), cls)(name, seed=seed, **kwargs)
     if suite == 'popgym':
         from recall2imagine.envs.popgym import PopGym
 
         if kwargs:
             raise TypeError(f'unexpected kwargs for POPGym: {sorted(kwargs)}')
         return PopGym(name, seed=seed)
-    if suite == 'memory_maze':
-        from recall2imagine.envs.memory_maze import MemoryMaze
-
-        kwargs.pop('bsuite_logdir', None)  # train.py passes it to every suite (None there)
-        unknown = set(kwargs) - {'speedup', 'time_limit'}
-        if unknown:
-            raise TypeError(f'unexpected kwargs for Memory Maze: {sorted(unknown)}')
-        return MemoryMaze(name, seed=seed, **kwargs)
     from recall2imagine.envs.bsuite import BSuite
 
     unknown = set(kwargs) - {'bsuite_logdir', 'quiet'}
