@@ -1,8 +1,5 @@
 """Metrics logger (metrics.jsonl + scores.jsonl, TensorBoard, Weights & Biases, console)
 and a live one-line progress display.
-
-(The module name shadows the stdlib ``logging`` inside this package on
-purpose; other modules use absolute imports.)
 """
 
 from __future__ import annotations
@@ -18,7 +15,7 @@ import time
 
 import numpy as np
 
-from recall2imagine.util import warn
+from recall2imagine.util import atomic_write, backup_path, warn
 
 # Metrics shown on the console line, in this order, when present.
 _CONSOLE_KEYS = (
@@ -76,18 +73,10 @@ def rewind_jsonl(path, step: int) -> bool:
             continue
         if isinstance(row, dict) and int(row.get('step', 0)) <= step:
             keep.append(line if line.endswith('\n') else line + '\n')
-    if len(keep) == len(lines) and all(a == b for a, b in zip(keep, lines)):
+    if keep == lines:
         return False
-    n = 1
-    while os.path.exists(f'{path}.{n}.bak'):
-        n += 1
-    os.replace(path, f'{path}.{n}.bak')
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w') as f:
-        f.writelines(keep)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    os.replace(path, backup_path(path))
+    atomic_write(path, lambda f: f.write(''.join(keep).encode()))
     return True
 
 

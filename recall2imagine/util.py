@@ -38,6 +38,15 @@ def fsync_dir(directory) -> None:
         os.close(fd)
 
 
+def backup_path(path) -> pathlib.Path:
+    """The first free `<path>.<n>.bak` (n = 1, 2, ...): where a file's earlier version is kept."""
+    path = pathlib.Path(path)
+    n = 1
+    while path.with_name(f'{path.name}.{n}.bak').exists():
+        n += 1
+    return path.with_name(f'{path.name}.{n}.bak')
+
+
 def atomic_write(path, write) -> None:
     """Calls ``write(fileobj)`` on a temp file next to ``path``, fsyncs it and renames it over
     ``path``; on any error the temp file is removed and ``path`` is untouched."""

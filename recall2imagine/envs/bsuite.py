@@ -16,6 +16,7 @@ import sys
 import numpy as np
 
 from recall2imagine.envs.base import ActSpace, DmEnv
+from recall2imagine.util import backup_path
 
 
 def bsuite_ids() -> list[str]:
@@ -64,10 +65,7 @@ def _csv_path(results_dir, bsuite_id) -> pathlib.Path:
 def _keep_old_csv(path: pathlib.Path):
     """bsuite's CSV logger overwrites its file: keep a copy of an earlier run segment's file as
     `<name>.csv.<n>.bak` (bsuite's loaders ignore it) before the log is continued."""
-    n = 1
-    while path.with_name(f'{path.name}.{n}.bak').exists():
-        n += 1
-    backup = path.with_name(f'{path.name}.{n}.bak')
+    backup = backup_path(path)
     backup.write_bytes(path.read_bytes())
     return backup
 
