@@ -5,16 +5,21 @@ Layout::
   <directory>/ckpt-<step:012d>/state.eqx   equinox.tree_serialise_leaves of the tree
                                meta.json   the caller's metadata (counters, config hash, ...)
                                ...         files written by the ``extra`` callback (replay)
-                               COMMIT      {"step", "time", "files": {name: {sha256, size}}}
+                               COMMIT      {"step", "time", "files": {name: {sha256, size}},
+                                            "shared": [names of shared/ files it uses]}
+  <directory>/shared/<prefix>-<sha256>     immutable files several checkpoints use (the replay's
+                                           full chunks), named by their content's hash
 
 A checkpoint is written into ``.tmp-ckpt-*``, every file is fsynced, COMMIT is written
 last, and the folder is renamed into place, so a crash leaves either the complete new
 checkpoint or none. ``load_latest`` walks the checkpoints from the newest and skips,
 with a one-line warning, any without COMMIT or whose files do not match their
-sha256 (truncated, corrupt). The ``keep`` newest committed checkpoints are kept; older
-ones are deleted only after a new one is committed, and so are folders of steps after the
-one just saved (the run resumed from an earlier checkpoint). A full disk during ``save``
-removes the temp folder, leaves earlier checkpoints alone and raises CheckpointError.
+sha256 (truncated, corrupt); shared files are checked against their names when an
+``extra`` callback is to read them. The ``keep`` newest committed checkpoints are kept;
+older ones are deleted only after a new one is committed, and so are folders of steps
+after the one just saved (the run resumed from an earlier checkpoint) and shared files
+no kept checkpoint uses. A full disk during ``save`` removes the temp folder, leaves
+earlier checkpoints alone and raises CheckpointError.
 """
 
 from __future__ import annotations
@@ -35,9 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from recall2imagine.util import fmt_bytes, fsync_dir, fsync_path
+from recall2imagine.util import atomic_write, fmt_bytes, fsync_dir, fsync_path
 
-STATE, META, COMMIT = 'state.eqx', 'meta.json', 'COMMIT'
+STATE, META, COMMIT, SHARED = 'state.eqx', 'meta.json', 'COMMIT', 'shared'
 _NAME = re.compile(r'^ckpt-(\d{12})$')
 _FORMAT = 1
 
@@ -126,6 +131,46 @@ def _load_tree(path, like):
     return tree
 
 
+class SharedFiles:
+    """Immutable files that several checkpoints use, named ``<prefix>-<sha256 of the bytes>``.
+
+    An ``extra`` callback stores a file with ``put`` (written once; a name that exists already
+    holds the same bytes) or re-uses one it stored before with ``use``; the checkpoint records
+    the names used, and ``path`` finds them when loading."""
+
+    def __init__(self, directory):
+        self.directory = pathlib.Path(directory)
+        self.used: set[str] = set()
+
+    def path(self, name: str) -> pathlib.Path:
+        return self.directory / name
+
+    def put(self, prefix: str, data: bytes) -> str:
+        name = f'{prefix}-{hashlib.sha256(data).hexdigest()}'
+        if not self.path(name).is_file():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path(name), lambda f: f.write(data))
+        self.used.add(name)
+        return name
+
+    def use(self, name: str) -> bool:
+        """Records a file stored before; False (nothing recorded) when it is gone."""
+        if not self.path(name).is_file():
+            return False
+        self.used.add(name)
+        return True
+
+    def problem(self, name: str) -> str | None:
+        """None when the file is there and its bytes match its name, else what is wrong."""
+        try:
+            digest = _sha256(self.path(name))
+        except FileNotFoundError:
+            return f'{SHARED}/{name} is missing'
+        if not name.endswith('-' + digest):
+            return f'{SHARED}/{name} fails its sha256 check (corrupt)'
+        return None
+
+
 # The checkpointer.
 
 
@@ -158,9 +203,10 @@ class Checkpointer:
     # Saving.
 
     def save(self, step: int, tree, meta: dict | None = None, extra=None) -> pathlib.Path:
-        """Writes checkpoint ``step``. ``extra(folder)``, if given, may write more files
-        into the folder before it is committed (e.g. ``replay.save``); they are hashed
-        and verified like the others. Returns the checkpoint folder."""
+        """Writes checkpoint ``step``. ``extra(folder, shared)``, if given, may write more
+        files into the folder before it is committed (e.g. ``replay.save``), hashed and
+        verified like the others, and store or re-use immutable files in ``shared``
+        (SharedFiles). Returns the checkpoint folder."""
         step = int(step)
         self.directory.mkdir(parents=True, exist_ok=True)
         final = self.path(step)
@@ -172,8 +218,9 @@ class Checkpointer:
                 f.flush()
                 os.fsync(f.fileno())
             _write_json(tmp / META, {} if meta is None else meta)
+            shared = SharedFiles(self.directory / SHARED)
             if extra is not None:
-                extra(tmp)
+                extra(tmp, shared)
             files, dirs = {}, [tmp]
             for p in sorted(tmp.rglob('*')):
                 if p.is_dir():
@@ -181,7 +228,8 @@ class Checkpointer:
                 elif p.is_file():
                     fsync_path(p)  # the callback's files too
                     files[p.relative_to(tmp).as_posix()] = dict(sha256=_sha256(p), size=p.stat().st_size)
-            _write_json(tmp / COMMIT, dict(format=_FORMAT, step=step, time=time.time(), files=files))
+            _write_json(tmp / COMMIT, dict(format=_FORMAT, step=step, time=time.time(), files=files,
+                                           shared=sorted(shared.used)))
             for d in reversed(dirs):
                 fsync_dir(d)
             trash = None
@@ -230,7 +278,8 @@ class Checkpointer:
     def _cleanup(self, step) -> None:
         """After committing ``step``: deletes folders of later steps (a timeline this
         run abandoned, e.g. a corrupt checkpoint that load_latest skipped), checkpoints
-        older than the ``keep`` newest committed ones, and leftovers of interrupted saves."""
+        older than the ``keep`` newest committed ones, shared files none of the kept ones
+        uses, and leftovers of interrupted saves."""
         for s, p in self._folders():
             if s > step:
                 warnings.warn(
@@ -249,11 +298,23 @@ class Checkpointer:
         for p in self.directory.iterdir():
             if p.name.startswith(('.tmp-ckpt-', '.trash-ckpt-')) and p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
+        shared = self.directory / SHARED
+        if shared.is_dir():
+            used = set()
+            for s in self.steps():
+                try:
+                    used.update(json.loads((self.path(s) / COMMIT).read_text()).get('shared', []))
+                except (OSError, ValueError, AttributeError):
+                    continue  # an unreadable checkpoint cannot be loaded anyway
+            for p in shared.iterdir():
+                if p.name not in used:
+                    p.unlink(missing_ok=True)
 
     # Loading.
 
-    def _verify(self, path) -> str | None:
-        """None when the checkpoint is complete and intact, else what is wrong."""
+    def _verify(self, path, shared: bool) -> str | None:
+        """None when the checkpoint is complete and intact (with ``shared``, its shared files
+        too), else what is wrong."""
         try:
             commit = json.loads((path / COMMIT).read_text())
         except FileNotFoundError:
@@ -273,13 +334,18 @@ class Checkpointer:
                 return f'{name} has {size} bytes, expected {info.get("size")} (truncated?)'
             if _sha256(p) != info.get('sha256'):
                 return f'{name} fails its sha256 check (corrupt)'
+        if shared:
+            store = SharedFiles(self.directory / SHARED)
+            for name in commit.get('shared', []):
+                if problem := store.problem(name):
+                    return problem
         return None
 
     def load(self, path, like_tree, extra=None):
         """Loads one checkpoint folder; raises CheckpointError if it is incomplete,
         corrupt or does not fit ``like_tree``. Returns ``(step, tree, meta)``."""
         path = pathlib.Path(path)
-        problem = self._verify(path)
+        problem = self._verify(path, shared=extra is not None)
         if problem:
             raise CheckpointError(f'checkpoint {path}: {problem}')
         return self._load_verified(path, like_tree, extra)
@@ -295,7 +361,7 @@ class Checkpointer:
                 'change? Resume with the original config, or use a new --logdir.'
             ) from None
         if extra is not None:
-            extra(path)
+            extra(path, SharedFiles(self.directory / SHARED))
         self.loaded = path
         return int(commit['step']), tree, meta
 
@@ -305,10 +371,10 @@ class Checkpointer:
         ``like_tree`` gives the structure, shapes and dtypes (e.g. the freshly built
         state). Incomplete or corrupt checkpoints are skipped with a warning. A
         checkpoint that is intact but does not fit ``like_tree`` raises CheckpointError
-        (falling back would silently lose progress). ``extra(folder)`` is called on the
-        chosen checkpoint after its tree loaded (e.g. ``replay.load``)."""
+        (falling back would silently lose progress). ``extra(folder, shared)`` is called on
+        the chosen checkpoint after its tree loaded (e.g. ``replay.load``)."""
         for _, path in reversed(self._folders()):
-            problem = self._verify(path)
+            problem = self._verify(path, shared=extra is not None)
             if problem:
                 warnings.warn(
                     f'skipping checkpoint {path}: {problem}; trying the previous one',

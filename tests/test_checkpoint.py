@@ -144,7 +144,7 @@ def test_disk_full_leaves_earlier_checkpoints(tmp_path, monkeypatch):
     assert after == before
     assert ckpt.load_latest(_small(0))[0] == 10
 
-    def replay_full(directory):
+    def replay_full(directory, shared):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.raises(CheckpointError, match="no space left"):
@@ -178,3 +178,59 @@ def test_replay_rides_along(tmp_path, kind):
         assert len(fresh) == 30
         x = got["x"] % 100
         assert x.min() >= 10 and x.max() <= 24 and np.all(np.diff(x, axis=1) == 1)
+
+
+def _fill(replay, start, stop):
+    for i in range(start, stop):
+        replay.add({"x": np.array([i, 1000 + i], np.int64), "v": np.full((2, 3), i, np.float32)}, [0, 1])
+
+
+def test_replay_chunks_stored_once(tmp_path):
+    """Kept checkpoints share the replay's full chunks; each holds only the steps outside them, a
+    resumed replay samples what the saved one did, and chunks no kept checkpoint uses are deleted."""
+    replay, ckpt = MemoryReplay(400, 2, seed=0), Checkpointer(tmp_path, keep=2)  # 200 per worker, chunks of 50
+    _fill(replay, 0, 130)
+    ckpt.save(130, _small(130), extra=replay.save)
+    first = sorted(os.listdir(tmp_path / "shared"))
+    assert len(first) == 4  # workers x chunks [0, 50) and [50, 100)
+    _fill(replay, 130, 290)  # the ring wraps: steps 0..89 are overwritten
+    ckpt.save(290, _small(290), extra=replay.save)
+    expected = replay.sample(32, 20)
+    names = sorted(os.listdir(tmp_path / "shared"))
+    assert set(first) <= set(names) and len(names) == 2 * 5  # [0,50) .. [200,250): none stored twice
+    _fill(replay, 290, 410)
+    ckpt.save(410, _small(410), extra=replay.save)  # keep=2 drops step 130: only it used [0, 50)
+    names = sorted(os.listdir(tmp_path / "shared"))
+    assert len(names) == 2 * 7 and not any(n.startswith(("replay-w0-0-", "replay-w1-0-")) for n in names)
+    with np.load(tmp_path / "ckpt-000000000410" / "replay.npz") as f:  # steps 400..409 of each worker
+        assert f["index"].tolist() == [*range(400, 410)] * 2 and f["worker"].tolist() == [0] * 10 + [1] * 10
+
+    fresh = MemoryReplay(400, 2, seed=0)
+    with pytest.warns(CheckpointWarning):  # the 410 folder is made unreadable: the 290 one loads
+        (tmp_path / "ckpt-000000000410" / "replay.npz").write_bytes(b"garbage")
+        step, _, _ = ckpt.load_latest(_small(0), extra=fresh.load)
+    assert step == 290 and fresh.counts.tolist() == [290, 290]
+    got = fresh.sample(32, 20)
+    for k in expected:
+        np.testing.assert_array_equal(got[k], expected[k])
+    _fill(fresh, 290, 300)
+    with pytest.warns(CheckpointWarning, match="newer than the checkpoint just saved"):
+        ckpt.save(300, _small(300), extra=fresh.save)  # re-uses the chunks it loaded
+    again = MemoryReplay(400, 2, seed=0)
+    assert ckpt.load_latest(_small(0), extra=again.load)[0] == 300
+    for k in fresh.data:
+        np.testing.assert_array_equal(again.data[k], fresh.data[k])
+
+
+def test_corrupt_shared_chunk_skips_checkpoint(tmp_path):
+    replay, ckpt = MemoryReplay(400, 2, seed=0), Checkpointer(tmp_path, keep=3)
+    _fill(replay, 0, 60)
+    ckpt.save(60, _small(60), extra=replay.save)
+    _fill(replay, 60, 120)
+    ckpt.save(120, _small(120), extra=replay.save)
+    newest = sorted((tmp_path / "shared").iterdir(), key=lambda p: int(p.name.split("-")[2]))[-1]
+    newest.write_bytes(newest.read_bytes()[:-10])
+    with pytest.warns(CheckpointWarning, match="fails its sha256 check"):
+        step, _, _ = ckpt.load_latest(_small(0), extra=MemoryReplay(400, 2, seed=0).load)
+    assert step == 60
+    assert ckpt.load_latest(_small(0))[0] == 120  # without the replay, the shared files are not read

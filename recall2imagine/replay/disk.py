@@ -444,10 +444,11 @@ class DiskReplay(WindowSampler):
         except json.JSONDecodeError:
             raise ReplayError(f'{path} is corrupt; delete {directory} or use another --replay_dir') from None
 
-    def save(self, directory=None) -> dict:
+    def save(self, directory=None, shared=None) -> dict:
         """Flushes the files and writes the index atomically; with ``directory``
         (e.g. a checkpoint folder) a copy of the index goes there too. Returns a
-        JSON-able summary."""
+        JSON-able summary. ``shared`` (a checkpoint's SharedFiles) is not needed: the
+        steps stay in the ring's own files."""
         for f in [*self._files.values(), self._stamps]:
             if f is not None:
                 fsync_file(f.fd)
@@ -461,9 +462,9 @@ class DiskReplay(WindowSampler):
                 atomic_write(directory / INDEX, write)
         return self.info()
 
-    def load(self, directory=None) -> bool:
+    def load(self, directory=None, shared=None) -> bool:
         """Restores from the index in ``directory`` (default: the ring's own);
-        False when there is none."""
+        False when there is none. ``shared`` is not needed (see ``save``)."""
         index = self._read_index(self.directory if directory is None else directory)
         if index is None:
             return False

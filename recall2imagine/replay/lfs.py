@@ -516,10 +516,11 @@ class LfsReplay(WindowSampler):
         self._ensure()
         return self.local.sample(batch_size, length)
 
-    def save(self, directory=None) -> dict:
+    def save(self, directory=None, shared=None) -> dict:
         """Flushes the durable tier, saves the local one (a disk tier's index)
         and, with ``directory`` (a checkpoint folder), writes ``lfs_replay.json``
-        there: the durable position of every worker, all of it on disk."""
+        there: the durable position of every worker, all of it on disk (so ``shared``,
+        a checkpoint's SharedFiles, is not needed)."""
         self._ensure()
         self.flush()
         if self.local_kind == 'disk':
@@ -535,7 +536,7 @@ class LfsReplay(WindowSampler):
             atomic_write(directory / MANIFEST, lambda f: f.write(text))
         return self.info()
 
-    def load(self, directory) -> bool:
+    def load(self, directory, shared=None) -> bool:
         """Restores the view of a checkpoint folder written by ``save`` plus every
         chunk made durable after it. False (the replay is then rebuilt from
         ``lfs_dir`` alone) when the folder holds no lfs manifest."""

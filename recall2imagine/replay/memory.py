@@ -8,12 +8,19 @@ boundaries (spec 7.2) and are drawn uniformly over all windows still stored.
 
 from __future__ import annotations
 
+import io
 import json
 import pathlib
 
 import numpy as np
 
 from recall2imagine.util import atomic_write
+
+
+def _npz_bytes(arrays: dict) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
 
 
 class ReplayError(ValueError):
@@ -93,6 +100,7 @@ class MemoryReplay(WindowSampler):
         # Total steps ever written per worker; ring position = count % per_worker.
         self.counts = np.zeros(num_workers, np.int64)
         self.data: dict[str, np.ndarray] | None = None  # key -> [W, C, ...]
+        self._chunks: dict[tuple, str] = {}  # (worker, start, length) -> shared file holding those steps
 
     # Insertion.
 
@@ -174,30 +182,58 @@ class MemoryReplay(WindowSampler):
 
     KIND = 'memory'
     FILENAME = 'replay.npz'
+    CHUNK = 4096  # steps of one worker per shared chunk file
 
-    def save(self, directory) -> dict:
-        """Writes ``<directory>/replay.npz`` atomically (temp file, fsync,
-        rename). Returns a small JSON-able summary for checkpoint metadata."""
+    def _chunk(self) -> int:
+        return max(1, min(self.CHUNK, self.per_worker // 4))
+
+    def save(self, directory, shared=None) -> dict:
+        """Writes ``<directory>/replay.npz`` atomically (temp file, fsync, rename). With
+        ``shared`` (checkpoint.SharedFiles), every full chunk of ``_chunk()`` steps of one
+        worker goes there once and later checkpoints re-use it, so kept checkpoints hold
+        the replay about once; the folder keeps only the steps outside such chunks.
+        Returns a small JSON-able summary for checkpoint metadata."""
         directory = pathlib.Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         keys = [] if self.data is None else list(self.data)
-        header = dict(
-            kind='memory',
-            capacity=self.capacity,
-            num_workers=self.num_workers,
-            keys=keys,
-            rng=self.rng.bit_generator.state,
-        )
-        arrays = {'header': np.array(json.dumps(header)), 'counts': self.counts}
-        # ring slots [0, filled) are the only ones ever written: save just those
-        filled = int(min(self.counts.max(initial=0), self.capacity // self.num_workers))
-        for i, key in enumerate(keys):
-            arrays[f'data{i}'] = self.data[key][:, :filled]
+        chunk, chunks, loose = self._chunk(), [], []
+        stored = self.stored()
+        for w in range(self.num_workers):
+            lo, hi = int(self.counts[w] - stored[w]), int(self.counts[w])
+            covered = np.zeros(hi - lo, bool)
+            for k in range(lo // chunk, hi // chunk):
+                begin = k * chunk
+                if shared is None:
+                    break
+                name = self._chunks.get((w, begin, chunk))
+                if name is not None and not shared.use(name):  # deleted by hand: store it again if we can
+                    name = None
+                if name is None and begin >= lo:  # full and still in the ring
+                    rows = self._rows(w, np.arange(begin, begin + chunk))
+                    name = shared.put(f'replay-w{w}-{begin}', _npz_bytes(dict(rows, header=np.array(
+                        json.dumps(dict(keys=keys, worker=w, start=begin))))))
+                    self._chunks[(w, begin, chunk)] = name
+                if name is not None:
+                    chunks.append(dict(name=name, worker=w, start=begin, length=chunk))
+                    covered[max(begin, lo) - lo:begin + chunk - lo] = True
+            loose.append((w, lo + np.flatnonzero(~covered)))
+        header = dict(kind='memory', version=2, capacity=self.capacity, num_workers=self.num_workers, keys=keys,
+                      rng=self.rng.bit_generator.state, chunks=chunks)
+        worker = np.concatenate([np.full(len(i), w) for w, i in loose])
+        index = np.concatenate([i for _, i in loose])
+        arrays = {'header': np.array(json.dumps(header)), 'counts': self.counts, 'worker': worker, 'index': index}
+        if keys:
+            pos = index % self.per_worker
+            arrays.update({f'data{i}': self.data[key][worker, pos] for i, key in enumerate(keys)})
         atomic_write(directory / self.FILENAME, lambda f: np.savez(f, **arrays))
         return self.info()
 
-    def load(self, directory) -> bool:
-        """Restores from ``save(directory)``; False when there is nothing there.
+    def _rows(self, worker: int, index) -> dict[str, np.ndarray]:
+        """``{data<i>: [N, ...]}``: the steps of one worker with ever-written indices ``index``."""
+        return {f'data{i}': arr[worker, index % self.per_worker] for i, arr in enumerate(self.data.values())}
+
+    def load(self, directory, shared=None) -> bool:
+        """Restores from ``save(directory, shared)``; False when there is nothing there.
         Raises ReplayError when the file belongs to another replay shape."""
         path = pathlib.Path(directory) / self.FILENAME
         if not path.exists():
@@ -213,15 +249,28 @@ class MemoryReplay(WindowSampler):
                     f'{self.capacity} with {self.num_workers}: use the same '
                     '--replay_size and envs.amount'
                 )
+            counts = np.asarray(f['counts'], np.int64)
+            keys = header['keys']
             data = {}
-            for i, k in enumerate(header['keys']):
-                saved = f[f'data{i}']  # [W, filled, ...]
-                full = np.zeros(
-                    (self.num_workers, self.capacity // self.num_workers) + saved.shape[2:], saved.dtype
-                )
-                full[:, : saved.shape[1]] = saved
-                data[k] = full
-            self.counts = np.asarray(f['counts'], np.int64)
+            for i, key in enumerate(keys):
+                saved = f[f'data{i}']
+                data[key] = np.zeros((self.num_workers, self.per_worker) + saved.shape[1:], saved.dtype)
+                if header.get('version', 1) == 1:  # [W, filled, ...]: ring slots as they were
+                    data[key][:, :saved.shape[1]] = saved
+                else:
+                    data[key][f['worker'], f['index'] % self.per_worker] = saved
+        self._chunks = {}
+        lo = counts - np.minimum(counts, self.per_worker)
+        for c in header.get('chunks', []):
+            if shared is None:
+                raise ReplayError(f'{path} uses shared chunk files: load it through its Checkpointer')
+            w, begin = c['worker'], c['start']
+            with np.load(shared.path(c['name']), allow_pickle=False) as f:
+                index = np.arange(max(begin, lo[w]), begin + c['length'])
+                for i, key in enumerate(keys):
+                    data[key][w, index % self.per_worker] = f[f'data{i}'][index - begin]
+            self._chunks[(w, begin, c['length'])] = c['name']
+        self.counts = counts
         self.data = data or None
         self.rng.bit_generator.state = header['rng']
         return True
