@@ -167,7 +167,9 @@ def reward_check(agent, start, preds, target):
     rewarded action and for the others). Equal accuracies mean the actor knows what the world model
     knows: the model's memory, not the actor, limits the score."""
     import jax
-    chosen = np.asarray(agent._act(agent.state.actor, start, jax.random.PRNGKey(0), True)).argmax(-1)
+
+    from recall2imagine.agent import act
+    chosen = np.asarray(act(agent.state.actor, start, jax.random.PRNGKey(0), agent.setup, True)).argmax(-1)
     right = np.eye(agent.act_dim, dtype=bool)[target]
     return (float(np.mean(preds.argmax(-1) == target)), float(np.mean(chosen == target)),
             float(preds[right].mean()), float(preds[~right].mean()))

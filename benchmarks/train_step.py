@@ -8,7 +8,7 @@
 
 For each sequence length L, observation kind and core, one fresh subprocess builds the agent with
 batch size tokens // L (tokens per step constant) or --batch_size, compiles, and times
-  * the world-model train step: loss, gradients and model_opt update (Agent._wm_loss + wm_opt);
+  * the world-model train step: loss, gradients and model_opt update (world_model_loss + wm_opt);
   * the full agent train step: Agent.train (world model, imagination, actor, critic).
 Warm-up calls are not in the medians; the first call of each (compilation included, backend start-up
 and model construction not) is reported separately as the first-update time. Peak memory per point
@@ -180,6 +180,7 @@ def run_point(spec):
     import optax
 
     from recall2imagine.agent import Agent
+    from recall2imagine.world_model import world_model_loss
     from recall2imagine.devices import resolve_precision
 
     obs_kind = spec.get("obs", "vector")
@@ -208,7 +209,7 @@ def run_point(spec):
 
     def wm_step(key, wm, opt_state, batch):
         params, static = eqx.partition(wm, eqx.is_array)
-        loss_fn = lambda p: agent._wm_loss(eqx.combine(p, static), batch, key)
+        loss_fn = lambda p: world_model_loss(eqx.combine(p, static), batch, key, agent.setup)
         (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = agent.wm_opt.update(grads, opt_state, params)
         return eqx.combine(optax.apply_updates(params, updates), static), opt_state, loss

@@ -84,6 +84,7 @@ def main(argv=None):
 
     from recall2imagine import config as configlib
     from recall2imagine.agent import Agent
+    from recall2imagine.world_model import world_model_loss
     from recall2imagine.optim import optimize
     from recall2imagine.envs import make_env
     cfg = configlib.parse(overrides)
@@ -121,7 +122,7 @@ def main(argv=None):
             key, k_burn = jax.random.split(key)
             start = carried(wm, {k: v[:, :N] for k, v in batch.items()}, k_burn)
             batch = {k: v[:, N:] for k, v in batch.items()}
-        loss_fn = lambda p: agent._wm_loss(eqx.combine(p, static), batch, key, start)
+        loss_fn = lambda p: world_model_loss(eqx.combine(p, static), batch, key, agent.setup, start)
         params, opt_state, *_, (_, metrics), _, _ = optimize(
             agent.wm_opt, loss_fn, params, opt_state, jnp.float32(1), jnp.int32(0), agent.fp16)
         return eqx.combine(params, static), opt_state, metrics

@@ -1,7 +1,9 @@
-"""Precision and devices: the compute dtype of `--jax.precision` and the train / policy devices of
-`--jax.train_devices` / `--jax.policy_devices`."""
+"""Precision and devices: the compute dtype of `--jax.precision`, the train / policy devices of
+`--jax.train_devices` / `--jax.policy_devices`, and where the agent's arrays are placed."""
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -44,3 +46,58 @@ def resolve_devices(cfg):
             f"{' '.join(map(str, train_ids))}): the batch is split along B; set --batch_size to a multiple "
             f"of {n} (e.g. {-(-B // n) * n})")
     return [devices[i] for i in train_ids], devices[policy_ids[0]]
+
+
+_copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))  # fresh buffers on the input's device
+
+
+class Placement:
+    """Where the agent's arrays live.
+
+    Training is data-parallel over the train devices (a 1-D mesh; the batch [B, T, ...] is split along
+    B, the state is replicated and GSPMD all-reduces the gradients). The policy runs on the policy
+    device: with one train device that is also the policy device (`shared`) it reads the live
+    parameters, else a copy (`policy_copy`) the agent refreshes every `jax.sync_every` updates.
+    """
+
+    def __init__(self, cfg):
+        self.train_devices, self.policy_device = resolve_devices(cfg)
+        self.mesh = None
+        if len(self.train_devices) == 1:
+            self.state_sharding = self.batch_sharding = jax.sharding.SingleDeviceSharding(self.train_devices[0])
+        else:
+            self.mesh = jax.sharding.Mesh(np.array(self.train_devices), ("batch",))
+            self.state_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+            self.batch_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("batch"))
+        self.shared = self.train_devices == [self.policy_device]
+
+    def state(self, tree):
+        """`tree` (a module pytree) replicated on the train devices (a restored checkpoint arrives on the
+        default device). Saving needs nothing: every leaf is whole on each train device."""
+        arrays, static = eqx.partition(tree, eqx.is_array)
+        return eqx.combine(jax.device_put(arrays, self.state_sharding), static)
+
+    def batch(self, batch):
+        """A replay batch {key: [B, T, ...]} split along B over the train devices."""
+        B, n = len(batch["is_first"]), len(self.train_devices)
+        if B % n:
+            raise ValueError(f"batch size {B} is not divisible by the {n} train devices; "
+                             f"sample a multiple of {n} (--batch_size)")
+        return jax.device_put(batch, self.batch_sharding)
+
+    def whole(self, tree):
+        """Inside the jitted update: keep `tree` whole on every train device (a no-op on one)."""
+        if self.mesh is None:
+            return tree
+        arrays, static = eqx.partition(tree, eqx.is_array)
+        return eqx.combine(jax.lax.with_sharding_constraint(arrays, self.state_sharding), static)
+
+    def policy_copy(self, tree):
+        """A copy of `tree` (a module pytree) on the policy device, in buffers of its own."""
+        arrays, static = eqx.partition(tree, eqx.is_array)
+        arrays = jax.device_put(arrays, self.policy_device)
+        if self.policy_device in self.train_devices:
+            # device_put hands back the train state's own buffers there (even with may_alias=False,
+            # jax 0.10), which the next update donates: copy them
+            arrays = _copy_tree(arrays)
+        return eqx.combine(arrays, static)

@@ -4,6 +4,8 @@ and one step that skips non-finite updates (with dynamic loss scaling in float16
 DreamerV3 / R2I (paper appendix): each of the world model, actor and critic has its own optimiser;
 the S5 parameters of the sequence model can get their own learning rate (`model_opt.ssm_lr`).
 """
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -11,13 +13,24 @@ import optax
 SSM_LEAVES = ("Lambda_re", "Lambda_im", "B", "C", "D", "log_step")
 
 
-def optimize(opt, loss_fn, params, opt_state, scale, good, fp16):
+class Step(NamedTuple):
+    """What one `optimize` call returns."""
+    params: Any
+    opt_state: Any
+    scale: jax.Array  # [] loss scale after this step
+    good: jax.Array  # [] finite steps in a row
+    loss: jax.Array
+    aux: Any  # loss_fn's aux
+    grads: Any
+    finite: jax.Array  # [] bool: the update was applied
+
+
+def optimize(opt, loss_fn, params, opt_state, scale, good, fp16) -> Step:
     """One optimiser step with a skip of non-finite updates and, for float16, dynamic loss scaling.
 
     loss_fn(params) -> (loss, aux). The loss is multiplied by `scale` before differentiation and
     the gradients divided by it; on non-finite gradients the update is skipped and the scale
     halved, after 1000 finite steps in a row it doubles (clipped to [1e-4, 1e4]).
-    Returns (params, opt_state, scale, good, loss, aux, grads, finite).
     """
     if fp16:
         def scaled(p):
@@ -39,7 +52,7 @@ def optimize(opt, loss_fn, params, opt_state, scale, good, fp16):
         good = jnp.where(finite & ~grow, good + 1, 0)
     else:
         good = jnp.where(finite, good + 1, 0)
-    return params, opt_state, scale, good, loss, aux, grads, finite
+    return Step(params, opt_state, scale, good, loss, aux, grads, finite)
 
 
 def global_norm(tree):

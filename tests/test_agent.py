@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recall2imagine.agent import lambda_return
+from recall2imagine.agent import act, lambda_return
 from recall2imagine.optim import SSM_LEAVES, param_labels
 from recall2imagine.nets import dists
 from helpers import debug_agent, random_batch
@@ -164,7 +164,7 @@ def _reference_actor_critic(agent, state, start, start_cont, key):
     lats, acts, keys = [start], [], jax.random.split(key, K)
     for i in range(K):  # same key use as the agent: per step (action key, prior key)
         k_act, k_img = jax.random.split(keys[i])
-        acts.append(agent._act(state.actor, lats[-1], k_act))
+        acts.append(act(state.actor, lats[-1], k_act, agent.setup))
         lats.append(wm.rssm.img_step(lats[-1], acts[-1], k_img))
     reward = [dists.twohot_mean(wm.reward(f(l, cfg.reward_head.inputs)), agent.reward_bins) for l in lats[1:]]
     cont = [start_cont] + [(wm.cont(f(l, cfg.cont_head.inputs))[..., 0] > 0).astype(jnp.float32)

@@ -7,6 +7,7 @@ import pytest
 
 from recall2imagine import config as configlib
 from recall2imagine.agent import Agent
+from recall2imagine.world_model import world_model_loss
 from recall2imagine.envs import make_env
 from recall2imagine.nets.gru import GRURSSM
 from helpers import debug_agent, random_batch
@@ -94,7 +95,7 @@ def test_gru_rejects_hidden_input_and_unknown_core():
 
 
 def test_wm_loss_parallel_equals_sequential():
-    """Agent._wm_loss with the associative scan and with lax.scan: same loss and gradients."""
+    """world_model_loss with the associative scan and with lax.scan: same loss and gradients."""
     results = []
     for parallel in ("True", "False"):
         cfg, env, agent = debug_agent("--ssm.parallel", parallel)
@@ -104,7 +105,7 @@ def test_wm_loss_parallel_equals_sequential():
 
         @eqx.filter_jit
         def loss_and_grad(params):
-            fn = lambda p: agent._wm_loss(eqx.combine(p, static), batch, jax.random.PRNGKey(5))
+            fn = lambda p: world_model_loss(eqx.combine(p, static), batch, jax.random.PRNGKey(5), agent.setup)
             (loss, (_, metrics)), grads = jax.value_and_grad(fn, has_aux=True)(params)
             return loss, metrics, grads
 

@@ -1,4 +1,6 @@
 """Distributions used by DreamerV3/R2I heads, as small pure functions on float32 logits."""
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
@@ -105,3 +107,38 @@ def normal_logprob(mean, std, x):
 
 def normal_entropy(std):
     return (0.5 * jnp.log(2 * jnp.pi * jnp.e) + jnp.log(std)).sum(-1)
+
+
+class ActionDist(NamedTuple):
+    """The actor's outputs [..., O] as a distribution over actions. Discrete: O = n logits mixed with
+    `unimix` of the uniform, actions one-hot [..., n]. Continuous: O = 2 n, mean tanh(m) and std in
+    [minstd, maxstd] from a sigmoid, actions [..., n] (paper appendix: actor)."""
+    discrete: bool
+    n: int
+    unimix: float
+    minstd: float
+    maxstd: float
+
+    def params(self, out):
+        """unimix logits [..., n], or (mean, std) [..., n] each."""
+        if self.discrete:
+            return unimix_logits(out, self.unimix)
+        mean, std = jnp.split(out, 2, -1)
+        return jnp.tanh(mean), (self.maxstd - self.minstd) * jax.nn.sigmoid(std + 2.0) + self.minstd
+
+    def sample(self, out, key, greedy=False):
+        """An action [..., n]: sampled, or with `greedy` the mode."""
+        d = self.params(out)
+        if self.discrete:
+            idx = jnp.argmax(d, -1) if greedy else categorical_sample(key, d)
+            return jax.nn.one_hot(idx, self.n, dtype=jnp.float32)
+        mean, std = d
+        return mean if greedy else mean + std * jax.random.normal(key, mean.shape)
+
+    def logprob_entropy(self, out, action):
+        """(log-probability of `action` [...], entropy [...])."""
+        d = self.params(out)
+        if self.discrete:
+            return onehot_logprob(d, action), categorical_entropy(d)
+        mean, std = d
+        return normal_logprob(mean, std, action), normal_entropy(std)

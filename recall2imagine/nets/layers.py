@@ -116,6 +116,29 @@ class MLP(eqx.Module):
         return eqx.tree_at(modules_of, self, grads[::-1])
 
 
+def replayed_outputs(static):
+    """f(params, saved, outs) -> outs: the outputs [K, N, O] an MLP (`static` its non-array part)
+    computed earlier with `call_saving` at these same `params`, with what that kept (`saved`,
+    arrays [K, N, ...]), as a function of the parameters. Its gradient runs the MLP's backward pass
+    from `saved`, so a loss on those outputs is differentiated without a second forward pass."""
+    flat = lambda x: x.reshape((-1,) + x.shape[2:])  # [K, N, ...] -> [K N, ...]
+
+    @jax.custom_vjp
+    def f(params, saved, outs):
+        return outs
+
+    def fwd(params, saved, outs):
+        return outs, (params, saved)
+
+    def bwd(res, d_outs):
+        params, saved = res
+        grads = eqx.combine(params, static).grads_from_saved([flat(x) for x in saved], flat(d_outs))
+        return eqx.filter(grads, eqx.is_array), jax.tree.map(jnp.zeros_like, saved), jnp.zeros_like(d_outs)
+
+    f.defvjp(fwd, bwd)
+    return f
+
+
 def modules_of(mlp):  # MLP -> its parametrised modules in forward order
     return [m for layer in mlp.hidden for m in (layer.dense, layer.norm)] + ([mlp.out] if mlp.out is not None else [])
 
