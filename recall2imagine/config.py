@@ -58,6 +58,10 @@ _TRUE = ('True', 'true')
 _FALSE = ('False', 'false')
 
 
+# Keys that config.yaml files of earlier versions hold and this version dropped (read nowhere).
+REMOVED_KEYS = ('run.expl_until',)
+
+
 class ConfigError(ValueError):
     """A bad configuration or command line. The message is one line that names the fix."""
 
@@ -464,11 +468,19 @@ class Config(Mapping):
 
     @classmethod
     def load(cls, path, base: Config | None = None) -> Config:
-        """Reads a YAML file written by :meth:`save`, applied over `base` (default: defaults)."""
+        """Reads a YAML file written by :meth:`save`, applied over `base` (default: defaults). Keys
+        that earlier versions wrote and this one no longer has (REMOVED_KEYS) are dropped."""
         base = default_config() if base is None else base
         data = yaml.safe_load(pathlib.Path(path).expanduser().read_text()) or {}
         if not isinstance(data, Mapping):
             raise ConfigError(f'{path} does not hold a YAML mapping of config keys')
+        for key in REMOVED_KEYS:
+            *parents, leaf = key.split('.')
+            node = data
+            for part in parents:
+                node = node.get(part) if isinstance(node, Mapping) else None
+            if isinstance(node, dict):
+                node.pop(leaf, None)
         return base.update(data)
 
 
@@ -655,7 +667,7 @@ RANGES = (
     (r'run\.steps', '[0, inf)'),  # 0: resume (or rebuild the replay) and stop
     (r'run\.save_every|run\.keep_checkpoints|run\.eval_every', '(0, inf)'),
     (r'run\.train_ratio', '(0, inf)'),  # 0 would mean no training at all
-    (r'run\.(train_fill|log_every|eval_eps|report_every|expl_until)', '[0, inf)'),
+    (r'run\.(train_fill|log_every|eval_eps|report_every)', '[0, inf)'),
     (r'run\.report_context|jax\.sync_every|envs\.amount|envs\.size', '[1, inf)'),
     (r'jax\.(train|policy)_devices', '[0, inf)'),
     (r'envs\.length', '[0, inf)'),  # 0: no time limit

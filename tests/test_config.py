@@ -276,6 +276,18 @@ def test_save_round_trip(tmp_path):
     assert hash(Config(data)) == hash(cfg)
 
 
+def test_load_drops_keys_earlier_versions_wrote(tmp_path):
+    cfg = parse(['--configs', 'popgym', 'debug'])
+    data = cfg.to_dict()
+    data['run']['expl_until'] = 0  # written by versions before this key was removed
+    (tmp_path / 'config.yaml').write_text(yaml.safe_dump(data))
+    assert Config.load(tmp_path / 'config.yaml') == cfg
+    data['run']['explore_until'] = 0  # a key no version had is still refused
+    (tmp_path / 'config.yaml').write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match='explore_until'):
+        Config.load(tmp_path / 'config.yaml')
+
+
 @pytest.mark.parametrize('name', C.config_names())
 def test_every_named_block_applies(name):
     cfg = parse(['--configs', name])
