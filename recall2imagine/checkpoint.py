@@ -196,6 +196,10 @@ class Checkpointer:
                 out.append((int(m.group(1)), p))
         return sorted(out)
 
+    def bytes(self) -> int:
+        """Bytes of every file under the checkpoint directory (the kept checkpoints and shared files)."""
+        return sum(p.stat().st_size for p in self.directory.rglob('*') if p.is_file())
+
     def steps(self) -> list[int]:
         """Steps of the committed checkpoints (not verified), oldest first."""
         return [s for s, p in self._folders() if (p / COMMIT).is_file()]

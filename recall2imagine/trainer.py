@@ -208,9 +208,13 @@ class Trainer:
     def save_checkpoint(self):
         meta = dict(counters=dict(self.counters), np_rng=self.rng.bit_generator.state,
                     config_hash=self.config_hash, config=self.model_config, replay=self.replay.info())
+        start = time.perf_counter()
         try:
-            self.ckpt.save(self.counters["step"], {"agent": self.agent.state, "key": self.key}, meta,
-                           extra=self.replay.save)
+            folder = self.ckpt.save(self.counters["step"], {"agent": self.agent.state, "key": self.key}, meta,
+                                    extra=self.replay.save)
+            self.logger.add({"checkpoint/seconds": time.perf_counter() - start,
+                             "checkpoint/bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
+                             "checkpoint/dir_bytes": self.ckpt.bytes()})
         except CheckpointError as e:  # e.g. disk full: keep training, keep the older checkpoints
             warn(str(e))
         except RuntimeError as e:  # agent state lost mid-update (a second Ctrl-C): keep the old ones
@@ -273,6 +277,8 @@ class Trainer:
 
     def write_logs(self):
         now, counters = time.time(), self.counters
+        if getattr(self.replay, "durable_steps", None) is not None:
+            self.replay.flush()  # LFS: every env step the logs report is durable, so a SIGKILL loses none of them
         for metrics in jax.device_get(self.pending):
             bad = float(metrics.get("model_opt_skipped", 0.0)) > 0.5
             self.bad_updates = self.bad_updates + 1 if bad else 0

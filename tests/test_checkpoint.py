@@ -14,9 +14,6 @@ from recall2imagine import checkpoint as ckptlib
 from recall2imagine.checkpoint import Checkpointer, CheckpointError, CheckpointWarning
 from recall2imagine.replay import DiskReplay, MemoryReplay
 
-jax.config.update("jax_platforms", "cpu")
-
-
 @pytest.fixture(scope="module")
 def agent():
     from recall2imagine import config as configlib

@@ -12,8 +12,6 @@ from recall2imagine.envs import make_env
 from recall2imagine.nets.gru import GRURSSM
 from helpers import debug_agent, random_batch
 
-jax.config.update("jax_platforms", "cpu")
-
 GRU_INPUTS = ["--rssm.core", "gru", "--actor.inputs", "deter,stoch", "--critic.inputs", "deter,stoch"]
 
 
