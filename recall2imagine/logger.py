@@ -99,6 +99,7 @@ class Logger:
         goes back."""
         self.outputs = check_outputs(outputs)
         self.resume_step = resume_step
+        self._last_step = None if resume_step is None else int(resume_step)  # of the newest metrics row
         self.logdir = str(logdir)
         self._sums: dict[str, float] = {}
         self._counts: dict[str, int] = {}
@@ -180,9 +181,12 @@ class Logger:
         return self._files[name]
 
     def write(self, step: int) -> dict[str, float]:
-        """Writes the averages of everything added since the last write."""
-        if not self._sums:
+        """Writes the averages of everything added since the last write. A step not after the last
+        one written (or resumed from) writes nothing: its values go into the next row, so the
+        logged steps only increase."""
+        if not self._sums or (self._last_step is not None and step <= self._last_step):
             return {}
+        self._last_step = int(step)
         metrics = {k: self._sums[k] / self._counts[k] for k in sorted(self._sums)}
         self._sums.clear()
         self._counts.clear()

@@ -221,3 +221,20 @@ def test_logger_resumed_at_a_step_continues_one_clean_line(tmp_path):
     log.close()
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [100, 200, 250]
+
+
+def test_a_row_at_a_step_already_written_goes_into_the_next_row(tmp_path):
+    from recall2imagine.logger import Logger
+
+    log = Logger(tmp_path, ("jsonl",), resume_step=200)
+    log.add({"loss": 1.0})
+    assert log.write(200) == {}  # the resumed checkpoint's step: its row exists already
+    log.add({"loss": 3.0, "checkpoint/seconds": 0.5})
+    assert log.write(300) == {"checkpoint/seconds": 0.5, "loss": 2.0}
+    log.add({"loss": 5.0})
+    assert log.write(300) == {} and log.write(299) == {}  # never twice, never back
+    log.add({"loss": 7.0})
+    log.write(310)
+    log.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [300, 310] and rows[1]["loss"] == 6.0
