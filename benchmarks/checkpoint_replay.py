@@ -28,10 +28,14 @@ from recall2imagine.replay import MemoryReplay  # noqa: E402
 
 def steps(n, args, rng):
     """``n`` consecutive steps of one worker."""
-    out = dict(vector=rng.standard_normal((n, args.vector), np.float32),
-               action=np.eye(4, dtype=np.float32)[rng.integers(0, 4, n)],
-               reward=rng.standard_normal(n).astype(np.float32),
-               is_first=rng.random(n) < 0.02, is_last=rng.random(n) < 0.02, is_terminal=np.zeros(n, bool))
+    out = dict(
+        vector=rng.standard_normal((n, args.vector), np.float32),
+        action=np.eye(4, dtype=np.float32)[rng.integers(0, 4, n)],
+        reward=rng.standard_normal(n).astype(np.float32),
+        is_first=rng.random(n) < 0.02,
+        is_last=rng.random(n) < 0.02,
+        is_terminal=np.zeros(n, bool),
+    )
     if args.image:
         out['image'] = rng.integers(0, 256, (n, 64, 64, 3), np.uint8)
     return out
@@ -59,7 +63,9 @@ def run(shared, args, root):
         rows.append((time.perf_counter() - t, dir_bytes(root)))
     fresh = MemoryReplay(int(args.steps), args.workers, seed=0)
     t = time.perf_counter()
-    ckpt.load_latest({'x': np.zeros(1)}, extra=fresh.load if shared else (lambda folder, _: fresh.load(folder)))
+    ckpt.load_latest(
+        {'x': np.zeros(1)}, extra=fresh.load if shared else (lambda folder, _: fresh.load(folder))
+    )
     load = time.perf_counter() - t
     assert all(np.array_equal(fresh.data[k], replay.data[k]) for k in replay.data)
     return copy, rows, load
@@ -77,18 +83,25 @@ def main():
     p.add_argument('--dir', default='', help='where the checkpoints go (default: a temp dir)')
     args = p.parse_args()
     base = pathlib.Path(args.dir or tempfile.mkdtemp(prefix='ckpt_bench_'))
-    print(f'memory replay of {args.steps:.0f} steps, {args.workers} workers, a checkpoint every {args.every} '
-          f'steps, {args.keep} kept')
-    print('| replay in checkpoints | one replay copy | save s (first / later, median) | checkpoint dir after '
-          f'{args.saves} saves | / one copy | load s |')
+    print(
+        f'memory replay of {args.steps:.0f} steps, {args.workers} workers, a checkpoint every {args.every} '
+        f'steps, {args.keep} kept'
+    )
+    print(
+        '| replay in checkpoints | one replay copy | save s (first / later, median) | checkpoint dir after '
+        f'{args.saves} saves | / one copy | load s |'
+    )
     print('|---|---:|---:|---:|---:|---:|')
     for shared in (False, True):
         root = base / ('shared' if shared else 'copies')
         copy, rows, load = run(shared, args, root)
         secs = [r[0] for r in rows]
-        print(f'| {"shared chunks" if shared else "a copy in each"} | {copy / 2**20:,.0f} MiB | {secs[0]:.2f} / '
-              f'{np.median(secs[1:]):.2f} | {rows[-1][1] / 2**20:,.0f} MiB | {rows[-1][1] / copy:.2f}x | '
-              f'{load:.2f} |', flush=True)
+        print(
+            f'| {"shared chunks" if shared else "a copy in each"} | {copy / 2**20:,.0f} MiB | {secs[0]:.2f} / '
+            f'{np.median(secs[1:]):.2f} | {rows[-1][1] / 2**20:,.0f} MiB | {rows[-1][1] / copy:.2f}x | '
+            f'{load:.2f} |',
+            flush=True,
+        )
         shutil.rmtree(root, ignore_errors=True)
     if not args.dir:
         shutil.rmtree(base, ignore_errors=True)

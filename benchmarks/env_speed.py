@@ -107,6 +107,7 @@ def child(kind, size, seconds, n):
             from dm_control.mujoco import engine
 
             from recall2imagine.envs import mmaze_speedup
+
             engine.Physics.render = mmaze_speedup._ORIGINAL_RENDER[0]
         env.reset()
 
@@ -161,17 +162,23 @@ def main():
         return f'{json.loads(lines[-1])["rate"]:,.1f}'
 
     if args.only != 'memory':
-        print(f'Memory Maze steps/s, 64x64 image, random actions, {os.cpu_count()} CPUs, {args.seconds:g} s per row')
+        print(
+            f'Memory Maze steps/s, 64x64 image, random actions, {os.cpu_count()} CPUs, {args.seconds:g} s per row'
+        )
         print()
         print('| setup | maze | steps/s |')
         print('|---|---|---|')
         for name, kind, size, extra in ROWS:
-            print(f'| {name} | {size} | {run_child(name, kind, size, extra.get("n", 1), extra.get("env"))} |',
-                  flush=True)
+            print(
+                f'| {name} | {size} | {run_child(name, kind, size, extra.get("n", 1), extra.get("env"))} |',
+                flush=True,
+            )
         print()
     if args.only != 'speed':
-        print(f'Memory Maze resident memory per env (9x9, after a reset and 300 random steps, MUJOCO_GL='
-              f'{os.environ.get("MUJOCO_GL", "auto")})')
+        print(
+            f'Memory Maze resident memory per env (9x9, after a reset and 300 random steps, MUJOCO_GL='
+            f'{os.environ.get("MUJOCO_GL", "auto")})'
+        )
         print()
         print('| build | RSS MB |')
         print('|---|---:|')

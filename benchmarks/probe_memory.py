@@ -13,6 +13,7 @@ observation is the one-hot suit of the current card. Prints
   * on the same states, one imagined step with each action: how often the reward head prefers the
     rewarded action, against how often the greedy actor picks it.
 """
+
 import argparse
 import collections
 import pathlib
@@ -33,8 +34,10 @@ def task_lag(task):
     """Observations between the suit to repeat and the step that acts on it, from the task id."""
     m = re.search(r"RepeatPrevious(Easy|Medium|Hard)", task)
     if not m:
-        raise SystemExit(f"{task} is not a POPGym RepeatPrevious task; "
-                         "use gym_popgym:popgym-RepeatPrevious{Easy,Medium,Hard}-v0")
+        raise SystemExit(
+            f"{task} is not a POPGym RepeatPrevious task; "
+            "use gym_popgym:popgym-RepeatPrevious{Easy,Medium,Hard}-v0"
+        )
     return TASK_LAGS[m.group(1)]
 
 
@@ -45,11 +48,14 @@ def load(run):
     from recall2imagine.agent import Agent
     from recall2imagine.checkpoint import Checkpointer
     from recall2imagine.envs import make_env
+
     cfg = configlib.Config.load(run / "config.yaml")
     jax.config.update("jax_platforms", "cpu")
     env = make_env(cfg.task, seed=12345)
     agent = Agent(cfg, env.obs_space, env.act_space, jax.random.PRNGKey(0))
-    step, tree, _ = Checkpointer(run / "checkpoints").load_latest({"agent": agent.state, "key": jax.random.PRNGKey(0)})
+    step, tree, _ = Checkpointer(run / "checkpoints").load_latest(
+        {"agent": agent.state, "key": jax.random.PRNGKey(0)}
+    )
     agent.state = tree["agent"]
     return cfg, env, agent, step
 
@@ -57,6 +63,7 @@ def load(run):
 def play(env, agent, episodes, mode, key):
     """-> scores, per-position correctness, and (action, suits so far, reward) per rewarded step."""
     import jax
+
     scores, by_pos, steps = [], collections.defaultdict(list), []
     for _ in range(episodes):
         obs, state, suits, score = env.reset(), None, [], 0.0
@@ -106,13 +113,16 @@ def posteriors(agent, obs, actions):
     """Posterior latents {k: [N, T, ...]} of the agent's world model on whole episodes from a zero state."""
     import jax
     import jax.numpy as jnp
+
     O, A = jnp.asarray(obs), jnp.asarray(actions)
     N, T = O.shape[:2]
     wm = agent.state.wm
     is_first = jnp.zeros((N, T), bool).at[:, 0].set(True)
     embed = wm.encoder({"vector": O, "is_first": is_first}, jnp.float32)
     prev_action = jnp.concatenate([jnp.zeros_like(A[:, :1]), A[:, :-1]], 1)
-    post, _ = wm.rssm.observe(embed, prev_action, is_first, wm.rssm.initial((N,), jnp.float32), jax.random.PRNGKey(3))
+    post, _ = wm.rssm.observe(
+        embed, prev_action, is_first, wm.rssm.initial((N,), jnp.float32), jax.random.PRNGKey(3)
+    )
     return post
 
 
@@ -127,7 +137,8 @@ def probes(post, obs, lag):
     import jax.numpy as jnp
 
     from recall2imagine.nets.layers import features
-    target = np.argmax(obs, -1)[:, :obs.shape[1] - lag].reshape(-1)  # the suit `lag` observations back
+
+    target = np.argmax(obs, -1)[:, : obs.shape[1] - lag].reshape(-1)  # the suit `lag` observations back
     out = {}
     for name in ("hidden", "deter", "stoch"):
         if name not in post:
@@ -149,9 +160,10 @@ def imagined_rewards(agent, post, obs, lag):
 
     from recall2imagine.nets import dists
     from recall2imagine.nets.layers import features
+
     wm, cfg = agent.state.wm, agent.cfg
     start = {k: v[:, lag:].reshape(-1, *v.shape[2:]) for k, v in post.items()}  # [M, ...]
-    target = np.argmax(obs, -1)[:, :obs.shape[1] - lag].reshape(-1)
+    target = np.argmax(obs, -1)[:, : obs.shape[1] - lag].reshape(-1)
     preds = []
     for a in range(agent.act_dim):
         act = jnp.zeros((len(target), agent.act_dim)).at[:, a].set(1.0)
@@ -169,10 +181,15 @@ def reward_check(agent, start, preds, target):
     import jax
 
     from recall2imagine.agent import act
+
     chosen = np.asarray(act(agent.state.actor, start, jax.random.PRNGKey(0), agent.setup, True)).argmax(-1)
     right = np.eye(agent.act_dim, dtype=bool)[target]
-    return (float(np.mean(preds.argmax(-1) == target)), float(np.mean(chosen == target)),
-            float(preds[right].mean()), float(preds[~right].mean()))
+    return (
+        float(np.mean(preds.argmax(-1) == target)),
+        float(np.mean(chosen == target)),
+        float(preds[right].mean()),
+        float(preds[~right].mean()),
+    )
 
 
 def main(argv=None):
@@ -180,10 +197,16 @@ def main(argv=None):
     p.add_argument("run", type=pathlib.Path)
     p.add_argument("--episodes", type=int, default=30, help="episodes per acting mode")
     p.add_argument("--probe_episodes", type=int, default=200)
-    p.add_argument("--lags", type=int, nargs="*", default=[],
-                   help="also probe the suit these many observations back (0: the current card)")
+    p.add_argument(
+        "--lags",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also probe the suit these many observations back (0: the current card)",
+    )
     args = p.parse_args(argv)
     import jax
+
     cfg, env, agent, step = load(args.run)
     print(f"{args.run}: {cfg.task}, checkpoint at step {step}")
     key, lag = jax.random.PRNGKey(1), task_lag(cfg.task)
@@ -191,26 +214,37 @@ def main(argv=None):
     for mode in ("eval", "train"):
         scores, by_pos, steps, key = play(env, agent, args.episodes, mode, key)
         acc = " ".join(f"{t}:{np.mean(v):.2f}" for t, v in sorted(by_pos.items()))
-        print(f"{'greedy' if mode == 'eval' else 'sampled'}: score {np.mean(scores):.3f}, accuracy by position {acc}")
+        print(
+            f"{'greedy' if mode == 'eval' else 'sampled'}: score {np.mean(scores):.3f}, accuracy by position {acc}"
+        )
         right, n_right = lag_rates(steps, True, lags)
         wrong, n_wrong = lag_rates(steps, False, lags)
-        print(f"  action = suit L steps back, rewarded steps (n={n_right}): "
-              + " ".join(f"L{lag}:{r:.2f}" for lag, r in right.items()))
-        print(f"  action = suit L steps back, wrong steps (n={n_wrong}): "
-              + " ".join(f"L{lag}:{r:.2f}" for lag, r in wrong.items()))
+        print(
+            f"  action = suit L steps back, rewarded steps (n={n_right}): "
+            + " ".join(f"L{lag}:{r:.2f}" for lag, r in right.items())
+        )
+        print(
+            f"  action = suit L steps back, wrong steps (n={n_wrong}): "
+            + " ".join(f"L{lag}:{r:.2f}" for lag, r in wrong.items())
+        )
     post, obs = random_posteriors(env, agent, args.probe_episodes)
     start, preds, target = imagined_rewards(agent, post, obs, lag)
     wm_acc, actor_acc, r_right, r_wrong = reward_check(agent, start, preds, target)
-    print(f"one imagined step from random-policy states: the reward head prefers the rewarded action "
-          f"{wm_acc:.3f} of the time (predicted reward {r_right:+.4f} for it, {r_wrong:+.4f} for the others); "
-          f"the greedy actor picks it {actor_acc:.3f}")
+    print(
+        f"one imagined step from random-policy states: the reward head prefers the rewarded action "
+        f"{wm_acc:.3f} of the time (predicted reward {r_right:+.4f} for it, {r_wrong:+.4f} for the others); "
+        f"the greedy actor picks it {actor_acc:.3f}"
+    )
     print("mean predicted reward for action a (rows) when action b is the rewarded one (columns):")
     for a in range(agent.act_dim):
         print(f"  a={a}: " + " ".join(f"{preds[target == b, a].mean():+.4f}" for b in range(agent.act_dim)))
     for probe_lag in [lag] + [extra for extra in args.lags if extra != lag]:
         accs = probes(post, obs, probe_lag)
-        print(f"linear probe of the suit {probe_lag} observations back: "
-              + ", ".join(f"{k} {v:.3f}" for k, v in accs.items()) + f" (chance {1 / agent.act_dim:.2f})")
+        print(
+            f"linear probe of the suit {probe_lag} observations back: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in accs.items())
+            + f" (chance {1 / agent.act_dim:.2f})"
+        )
 
 
 if __name__ == "__main__":

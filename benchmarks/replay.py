@@ -96,7 +96,9 @@ def main():
         '--sparse_steps', type=float, default=1e7, help='capacity of the sparse replay whose RSS is reported'
     )
     parser.add_argument('--skip_memory', action='store_true')
-    parser.add_argument('--kinds', default='memory,disk,lfs', help='comma-separated subset of memory,disk,lfs')
+    parser.add_argument(
+        '--kinds', default='memory,disk,lfs', help='comma-separated subset of memory,disk,lfs'
+    )
     parser.add_argument('--skip_sparse', action='store_true')
     args = parser.parse_args()
     kinds = set(args.kinds.split(',')) - ({'memory'} if args.skip_memory else set())
@@ -134,8 +136,15 @@ def main():
             disk.close()
             shutil.rmtree(base / 'disk')
         if 'lfs' in kinds:
-            make = lambda local: LfsReplay(base / 'lfs', steps, args.workers, chunk=args.length,
-                                           local='disk', local_dir=base / local, verbose=False)
+            make = lambda local: LfsReplay(
+                base / 'lfs',
+                steps,
+                args.workers,
+                chunk=args.length,
+                local='disk',
+                local_dir=base / local,
+                verbose=False,
+            )
             lfs = make('lfs-local')
             bench('lfs', lfs, steps, args.workers, args.batch, args.length, args.samples)
             lfs.close()
@@ -152,8 +161,11 @@ def main():
             again = make('lfs-new')  # a restart on a machine with an empty local tier
             n = len(again)
             rebuild = time.perf_counter() - t
-            print(f'  lfs restart with an empty local tier: rebuilt {n:,} steps in {rebuild:.1f} s '
-                  f'({n / rebuild:,.0f} steps/s)', flush=True)
+            print(
+                f'  lfs restart with an empty local tier: rebuilt {n:,} steps in {rebuild:.1f} s '
+                f'({n / rebuild:,.0f} steps/s)',
+                flush=True,
+            )
             again.close()
             shutil.rmtree(base / 'lfs-new')
             shutil.rmtree(base / 'lfs')

@@ -64,14 +64,40 @@ def steps_of(path):
 
 
 def checkpoint_seconds(logdir):
-    return [row['checkpoint/seconds'] for row in map(json.loads, filter(None, (
-        pathlib.Path(logdir) / 'metrics.jsonl').read_text().splitlines())) if 'checkpoint/seconds' in row]
+    return [
+        row['checkpoint/seconds']
+        for row in map(
+            json.loads, filter(None, (pathlib.Path(logdir) / 'metrics.jsonl').read_text().splitlines())
+        )
+        if 'checkpoint/seconds' in row
+    ]
 
 
 def command(args, logdir, steps=10**8):
-    cmd = [sys.executable, '-m', 'recall2imagine.train', '--configs', 'popgym', 'popgym_cpu', '--task', TASK,
-           '--logdir', str(logdir), '--run.steps', str(steps), '--run.save_every', str(args.save_every),
-           '--run.log_every', '10', '--run.loggers', 'jsonl', '--run.eval_eps', '0', '--seed', '0']
+    cmd = [
+        sys.executable,
+        '-m',
+        'recall2imagine.train',
+        '--configs',
+        'popgym',
+        'popgym_cpu',
+        '--task',
+        TASK,
+        '--logdir',
+        str(logdir),
+        '--run.steps',
+        str(steps),
+        '--run.save_every',
+        str(args.save_every),
+        '--run.log_every',
+        '10',
+        '--run.loggers',
+        'jsonl',
+        '--run.eval_eps',
+        '0',
+        '--seed',
+        '0',
+    ]
     if args.lfs:
         cmd += ['--use_lfs', 'True', '--lfs_dir', str(logdir / 'lfs')]
     return cmd
@@ -91,8 +117,14 @@ def segment(args, logdir, out, how, rng, deadline):
     with open(out, 'a') as log:
         log.write(f'\n$ segment ({how})\n')
         log.flush()
-        proc = subprocess.Popen(command(args, logdir), cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED='1'),
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            command(args, logdir),
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONUNBUFFERED='1'),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     t0, rss_start, ended, rss_end = time.time(), None, None, float('nan')
     ckpts = (logdir / 'lfs' if args.lfs else logdir) / 'checkpoints'
     wait = args.min_s if how == 'term' else rng.uniform(args.min_s, args.max_s)
@@ -100,8 +132,12 @@ def segment(args, logdir, out, how, rng, deadline):
         now = time.time() - t0
         if rss_start is None and now > 45:
             rss_start = tree_rss_mib(proc.pid)
-        saving = how == 'kill in save' and now > args.min_s and ckpts.is_dir() and any(
-            p.name.startswith('.tmp-ckpt-') for p in ckpts.iterdir())
+        saving = (
+            how == 'kill in save'
+            and now > args.min_s
+            and ckpts.is_dir()
+            and any(p.name.startswith('.tmp-ckpt-') for p in ckpts.iterdir())
+        )
         if saving or (how != 'kill in save' and now > wait) or time.time() > deadline or now > 3 * args.max_s:
             rss_end = tree_rss_mib(proc.pid)
             if how == 'term':
@@ -117,9 +153,16 @@ def segment(args, logdir, out, how, rng, deadline):
     if ended is None:
         ended = f'exited ({proc.returncode})'
     text = pathlib.Path(out).read_text().split('\n$ segment')[-1]
-    return dict(seconds=round(time.time() - t0), ended=ended, logged_before=logged[-1] if logged else 0,
-                start_step=start_step(text), rss_start=rss_start, rss_end=rss_end,
-                logdir_mib=dir_mib(logdir), tracebacks=text.count('Traceback'))
+    return dict(
+        seconds=round(time.time() - t0),
+        ended=ended,
+        logged_before=logged[-1] if logged else 0,
+        start_step=start_step(text),
+        rss_start=rss_start,
+        rss_end=rss_end,
+        logdir_mib=dir_mib(logdir),
+        tracebacks=text.count('Traceback'),
+    )
 
 
 def soak(args):
@@ -131,19 +174,27 @@ def soak(args):
     out.write_text('')
     deadline, rows = time.time() + 60 * args.minutes, []
     while time.time() < deadline - args.min_s:
-        rows.append(segment(args, logdir, out, 'kill in save' if len(rows) % 3 == 2 else 'kill', rng, deadline))
+        rows.append(
+            segment(args, logdir, out, 'kill in save' if len(rows) % 3 == 2 else 'kill', rng, deadline)
+        )
     rows.append(segment(args, logdir, out, 'term', rng, deadline + 3600))  # where the last kill left it
     metrics, scores = steps_of(logdir / 'metrics.jsonl'), steps_of(logdir / 'scores.jsonl')
-    monotone = all(b > a for a, b in zip(metrics, metrics[1:])) and all(b >= a for a, b in zip(scores, scores[1:]))
+    monotone = all(b > a for a, b in zip(metrics, metrics[1:])) and all(
+        b >= a for a, b in zip(scores, scores[1:])
+    )
     return logdir, rows, monotone
 
 
 def report(args, logdir, rows, monotone):
     hours = sum(r['seconds'] for r in rows) / 3600
-    print(f'\n{"LFS" if args.lfs else "memory"} replay: {len(rows) - 1} SIGKILLs in {hours * 60:.0f} min, a checkpoint '
-          f'every {args.save_every} s')
-    print('| segment | ran s | ended by | started at step | last step logged before the kill | next start at | '
-          'env steps lost | RSS after 45 s MiB | RSS at the end MiB | logdir MiB | tracebacks |')
+    print(
+        f'\n{"LFS" if args.lfs else "memory"} replay: {len(rows) - 1} SIGKILLs in {hours * 60:.0f} min, a checkpoint '
+        f'every {args.save_every} s'
+    )
+    print(
+        '| segment | ran s | ended by | started at step | last step logged before the kill | next start at | '
+        'env steps lost | RSS after 45 s MiB | RSS at the end MiB | logdir MiB | tracebacks |'
+    )
     print('|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|')
     lost_total = 0
     for k, row in enumerate(rows):
@@ -152,15 +203,25 @@ def report(args, logdir, rows, monotone):
         lost = max(0, last - nxt) if last is not None else None
         lost_total += lost or 0
         fmt = lambda v: '-' if v is None or v != v else f'{v:,.0f}'
-        print(f'| {k} | {row["seconds"]} | {row["ended"]} | {row["start_step"]:,} | {fmt(last)} | {fmt(nxt)} | '
-              f'{fmt(lost)} | {fmt(row["rss_start"])} | {fmt(row["rss_end"])} | {row["logdir_mib"]:,.0f} | '
-              f'{row["tracebacks"]} |')
+        print(
+            f'| {k} | {row["seconds"]} | {row["ended"]} | {row["start_step"]:,} | {fmt(last)} | {fmt(nxt)} | '
+            f'{fmt(lost)} | {fmt(row["rss_start"])} | {fmt(row["rss_end"])} | {row["logdir_mib"]:,.0f} | '
+            f'{row["tracebacks"]} |'
+        )
     secs = sorted(checkpoint_seconds(logdir))
-    rss = [(r['rss_start'], r['rss_end'], r['seconds'] - 45) for r in rows if r['rss_start'] and r['seconds'] > 100]
-    growth = sum(e - s for s, e, _ in rss) / max(1e-9, sum(t for *_, t in rss) / 3600) if rss else float('nan')
-    print(f'\nlogged steps strictly increasing: {monotone}; env steps lost in total: {lost_total:,}; checkpoint '
-          f'saves: {len(secs)}, seconds median {secs[len(secs) // 2] if secs else float("nan"):.2f}, max '
-          f'{secs[-1] if secs else float("nan"):.2f}; RSS growth within segments: {growth:+,.0f} MiB per hour')
+    rss = [
+        (r['rss_start'], r['rss_end'], r['seconds'] - 45)
+        for r in rows
+        if r['rss_start'] and r['seconds'] > 100
+    ]
+    growth = (
+        sum(e - s for s, e, _ in rss) / max(1e-9, sum(t for *_, t in rss) / 3600) if rss else float('nan')
+    )
+    print(
+        f'\nlogged steps strictly increasing: {monotone}; env steps lost in total: {lost_total:,}; checkpoint '
+        f'saves: {len(secs)}, seconds median {secs[len(secs) // 2] if secs else float("nan"):.2f}, max '
+        f'{secs[-1] if secs else float("nan"):.2f}; RSS growth within segments: {growth:+,.0f} MiB per hour'
+    )
 
 
 def faults(args):
@@ -175,8 +236,9 @@ def faults(args):
     env = dict(os.environ, PYTHONUNBUFFERED='1')
     args.lfs = False
     for k in range(2):
-        proc = subprocess.Popen(command(args, logdir), cwd=ROOT, env=env, stdout=open(out, 'a'),
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            command(args, logdir), cwd=ROOT, env=env, stdout=open(out, 'a'), stderr=subprocess.STDOUT
+        )
         time.sleep(args.max_s)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=300)
@@ -184,26 +246,43 @@ def faults(args):
     state = ckpts[-1] / 'state.eqx'
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
     names_before = [p.name for p in ckpts]
-    proc = subprocess.run(command(args, logdir, steps=1), cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        command(args, logdir, steps=1), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     text = proc.stdout + proc.stderr
     warned = 'skipping checkpoint' in text
     resumed = re.findall(r'resumed from (\S+) at step (\d+)', text)
-    results.append(('corrupt newest checkpoint', f'exit {proc.returncode}; warned: {warned}; resumed from '
-                    f'{pathlib.Path(resumed[-1][0]).name if resumed else "none"} (checkpoints before: '
-                    f'{", ".join(names_before)}); others kept: '
-                    f'{all((logdir / "checkpoints" / n).exists() for n in names_before[:-1])}'))
+    results.append(
+        (
+            'corrupt newest checkpoint',
+            f'exit {proc.returncode}; warned: {warned}; resumed from '
+            f'{pathlib.Path(resumed[-1][0]).name if resumed else "none"} (checkpoints before: '
+            f'{", ".join(names_before)}); others kept: '
+            f'{all((logdir / "checkpoints" / n).exists() for n in names_before[:-1])}',
+        )
+    )
     # 2. disk full: the logdir on a tmpfs that fills up while the run saves
     mnt = root / 'tmpfs'
     mnt.mkdir()
-    ok = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={args.tmpfs_mib}m', 'tmpfs', str(mnt)]).returncode == 0
+    ok = (
+        subprocess.run(
+            ['mount', '-t', 'tmpfs', '-o', f'size={args.tmpfs_mib}m', 'tmpfs', str(mnt)]
+        ).returncode
+        == 0
+    )
     if not ok:
         results.append(('disk full during a save', 'not run: mounting a tmpfs needs root'))
     else:
         try:
             logdir = mnt / 'run'
-            proc = subprocess.Popen(command(args, logdir) + ['--replay_size', '400000'], cwd=ROOT, env=env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            proc = subprocess.Popen(
+                command(args, logdir) + ['--replay_size', '400000'],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
             try:
                 text, _ = proc.communicate(timeout=args.max_s * 3)
             except subprocess.TimeoutExpired:
@@ -211,10 +290,17 @@ def faults(args):
                 text, _ = proc.communicate(timeout=300)
             full = [line for line in text.splitlines() if 'no space left' in line.lower()]
             tracebacks = text.count('Traceback')
-            committed = sorted(p.name for p in (logdir / 'checkpoints').glob('ckpt-*') if (p / 'COMMIT').exists())
-            results.append(('disk full during a save', f'exit {proc.returncode}; {len(full)} "no space" lines, '
-                            f'first: {full[0].strip()[:160] if full else "-"}; tracebacks: {tracebacks}; committed '
-                            f'checkpoints left: {", ".join(committed) or "none"}'))
+            committed = sorted(
+                p.name for p in (logdir / 'checkpoints').glob('ckpt-*') if (p / 'COMMIT').exists()
+            )
+            results.append(
+                (
+                    'disk full during a save',
+                    f'exit {proc.returncode}; {len(full)} "no space" lines, '
+                    f'first: {full[0].strip()[:160] if full else "-"}; tracebacks: {tracebacks}; committed '
+                    f'checkpoints left: {", ".join(committed) or "none"}',
+                )
+            )
         finally:
             subprocess.run(['umount', str(mnt)])
     print('\n| fault | outcome |\n|---|---|')
@@ -232,8 +318,12 @@ def main():
     p.add_argument('--max_s', type=float, default=240, help='longest segment before a kill')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--faults', action='store_true', help='run the full-disk and corrupt-checkpoint cases')
-    p.add_argument('--tmpfs_mib', type=int, default=24, help='size of the tmpfs that fills up '
-                   '(a popgym_cpu checkpoint is ~9 MiB)')
+    p.add_argument(
+        '--tmpfs_mib',
+        type=int,
+        default=24,
+        help='size of the tmpfs that fills up (a popgym_cpu checkpoint is ~9 MiB)',
+    )
     args = p.parse_args()
     if args.faults:
         faults(args)

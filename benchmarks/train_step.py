@@ -33,6 +33,7 @@ update (compilation included) <= 60 s at those points; they were set for `--conf
 popgym_main` in float32 on the 2-core CPU. Further `--key value` flags are config overrides applied
 to every point (e.g. `--rssm.deter 256`).
 """
+
 import argparse
 import json
 import os
@@ -55,12 +56,23 @@ FULL = dict(lengths=FULL_LENGTHS, tokens=4096, repeats=10, warmup=2)
 CORES = ("ssm", "gru")
 OBS_KINDS = ("vector", "image")
 IMAGE_KEY, IMAGE_SHAPE, IMAGE_ACTIONS = "image", (64, 64, 3), 6  # Memory Maze's spaces
-IMAGE_KEYS = ["--encoder.cnn_keys", IMAGE_KEY, "--decoder.cnn_keys", IMAGE_KEY,
-              "--encoder.mlp_keys", "$^", "--decoder.mlp_keys", "$^"]  # image points of --obs both
+IMAGE_KEYS = [
+    "--encoder.cnn_keys",
+    IMAGE_KEY,
+    "--decoder.cnn_keys",
+    IMAGE_KEY,
+    "--encoder.mlp_keys",
+    "$^",
+    "--decoder.mlp_keys",
+    "$^",
+]  # image points of --obs both
 # (what, batch, length, result key, limit in seconds): the issue's targets for the ssm core, vector obs
-TARGETS = (("median full update", 4, 64, "train_ms", 0.7), ("median full update", 4, 1024, "train_ms", 11.0),
-           ("first update (compile incl.)", 4, 64, "train_first_s", 60.0),
-           ("first update (compile incl.)", 4, 1024, "train_first_s", 60.0))
+TARGETS = (
+    ("median full update", 4, 64, "train_ms", 0.7),
+    ("median full update", 4, 1024, "train_ms", 11.0),
+    ("first update (compile incl.)", 4, 64, "train_first_s", 60.0),
+    ("first update (compile incl.)", 4, 1024, "train_first_s", 60.0),
+)
 TARGET_CONDITIONS = "`--configs popgym popgym_main`, float32, CPU (2 cores), vector observations"
 
 
@@ -74,31 +86,56 @@ def parse_args(argv):
     p = argparse.ArgumentParser(
         allow_abbrev=False,
         description="World-model and agent train-step time of the ssm (R2I) and gru (DreamerV3) cores "
-                    "over sequence length, at constant tokens per step (or a fixed --batch_size). "
-                    "Unrecognised --key value pairs are config overrides.")
-    p.add_argument("--quick", action="store_true",
-                   help=f"CPU check: lengths {QUICK['lengths']}, tokens {QUICK['tokens']}, "
-                        f"repeats {QUICK['repeats']} (explicit flags still win)")
+        "over sequence length, at constant tokens per step (or a fixed --batch_size). "
+        "Unrecognised --key value pairs are config overrides.",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"CPU check: lengths {QUICK['lengths']}, tokens {QUICK['tokens']}, "
+        f"repeats {QUICK['repeats']} (explicit flags still win)",
+    )
     p.add_argument("--lengths", type=int, nargs="+", help=f"sequence lengths (default {FULL['lengths']})")
     p.add_argument("--tokens", type=int, help=f"batch_size * length per step (default {FULL['tokens']})")
-    p.add_argument("--batch_size", type=int,
-                   help="fixed batch size at every length, instead of tokens // length")
-    p.add_argument("--obs", default="vector", choices=["vector", "image", "both"],
-                   help="observations: the config task's vectors (default), 64x64x3 uint8 images "
-                        "(the config must select them with its CNN keys), or both")
-    p.add_argument("--configs", nargs="+", default=["popgym", "cpu"], help="config blocks (default: popgym cpu)")
+    p.add_argument(
+        "--batch_size", type=int, help="fixed batch size at every length, instead of tokens // length"
+    )
+    p.add_argument(
+        "--obs",
+        default="vector",
+        choices=["vector", "image", "both"],
+        help="observations: the config task's vectors (default), 64x64x3 uint8 images "
+        "(the config must select them with its CNN keys), or both",
+    )
+    p.add_argument(
+        "--configs", nargs="+", default=["popgym", "cpu"], help="config blocks (default: popgym cpu)"
+    )
     p.add_argument("--cores", nargs="+", default=list(CORES), choices=CORES)
-    p.add_argument("--parallel", default="auto", choices=["auto", "True", "False"],
-                   help="ssm.parallel: associative (True) or sequential (False) scan; auto: parallel off CPU")
+    p.add_argument(
+        "--parallel",
+        default="auto",
+        choices=["auto", "True", "False"],
+        help="ssm.parallel: associative (True) or sequential (False) scan; auto: parallel off CPU",
+    )
     p.add_argument("--repeats", type=int, help=f"timed calls per point (default {FULL['repeats']})")
-    p.add_argument("--warmup", type=int, help=f"untimed calls per point, compilation included "
-                                              f"(default {FULL['warmup']})")
-    p.add_argument("--agent", type=_bool, default=True, help="also time the full agent train step (True|False)")
-    p.add_argument("--targets", action="store_true",
-                   help="compare the ssm core with the issue's absolute targets (" + TARGET_CONDITIONS +
-                        "): median full update <= 0.7 s at 4 x 64, <= 11 s at 4 x 1024, first update <= 60 s")
-    p.add_argument("--out", default=str(ROOT / "logdir" / "bench_train_step"),
-                   help="output folder (default logdir/bench_train_step in the repository, git-ignored)")
+    p.add_argument(
+        "--warmup", type=int, help=f"untimed calls per point, compilation included (default {FULL['warmup']})"
+    )
+    p.add_argument(
+        "--agent", type=_bool, default=True, help="also time the full agent train step (True|False)"
+    )
+    p.add_argument(
+        "--targets",
+        action="store_true",
+        help="compare the ssm core with the issue's absolute targets ("
+        + TARGET_CONDITIONS
+        + "): median full update <= 0.7 s at 4 x 64, <= 11 s at 4 x 1024, first update <= 60 s",
+    )
+    p.add_argument(
+        "--out",
+        default=str(ROOT / "logdir" / "bench_train_step"),
+        help="output folder (default logdir/bench_train_step in the repository, git-ignored)",
+    )
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per point")
     p.add_argument("--point", help=argparse.SUPPRESS)  # internal: run one point, print its JSON
     args, overrides = p.parse_known_args(argv)
@@ -124,27 +161,45 @@ def batch_of(args, length):
 def point_argv(args, overrides, core, length, obs="vector"):
     """Config arguments of one point."""
     keys = IMAGE_KEYS if obs == "image" and args.obs == "both" else []
-    argv = ["--configs", *args.configs, *keys, *overrides, "--rssm.core", core,
-            "--batch_size", str(batch_of(args, length)), "--batch_length", str(length),
-            "--ssm.parallel", args.parallel]
+    argv = [
+        "--configs",
+        *args.configs,
+        *keys,
+        *overrides,
+        "--rssm.core",
+        core,
+        "--batch_size",
+        str(batch_of(args, length)),
+        "--batch_length",
+        str(length),
+        "--ssm.parallel",
+        args.parallel,
+    ]
     return argv
 
 
 def check_obs(cfg, obs):
     """None if the config can encode and decode `obs` observations, else the reason."""
     if obs == "image":
-        bad = [f"{w}.cnn_keys {getattr(cfg, w).cnn_keys!r}" for w in ("encoder", "decoder")
-               if not re.fullmatch(str(getattr(cfg, w).cnn_keys), IMAGE_KEY)]
+        bad = [
+            f"{w}.cnn_keys {getattr(cfg, w).cnn_keys!r}"
+            for w in ("encoder", "decoder")
+            if not re.fullmatch(str(getattr(cfg, w).cnn_keys), IMAGE_KEY)
+        ]
         if bad:
-            return (f"--obs image: the config's {' and '.join(bad)} do not select the {IMAGE_KEY!r} key "
-                    f"({'x'.join(map(str, IMAGE_SHAPE))} uint8); use an image config such as "
-                    f"`--configs mmaze mmaze_small`, add `--encoder.cnn_keys image --decoder.cnn_keys image`, "
-                    f"or use --obs both (which adds them to the image points)")
+            return (
+                f"--obs image: the config's {' and '.join(bad)} do not select the {IMAGE_KEY!r} key "
+                f"({'x'.join(map(str, IMAGE_SHAPE))} uint8); use an image config such as "
+                f"`--configs mmaze mmaze_small`, add `--encoder.cnn_keys image --decoder.cnn_keys image`, "
+                f"or use --obs both (which adds them to the image points)"
+            )
     else:
         bad = [f"{w}.mlp_keys" for w in ("encoder", "decoder") if str(getattr(cfg, w).mlp_keys) == "$^"]
         if bad:
-            return (f"--obs vector: the config's {' and '.join(bad)} are '$^' (no vector keys; an image "
-                    f"config?): use --obs image, or a vector task config such as `--configs popgym cpu`")
+            return (
+                f"--obs vector: the config's {' and '.join(bad)} are '$^' (no vector keys; an image "
+                f"config?): use --obs image, or a vector task config such as `--configs popgym cpu`"
+            )
     return None
 
 
@@ -159,11 +214,13 @@ def gru_inputs(cfg):
 
 # ---------------------------------------------------------------- one point (subprocess)
 
+
 def _peak_memory(jax):
     stats = jax.devices()[0].memory_stats() if hasattr(jax.devices()[0], "memory_stats") else None
     if stats and "peak_bytes_in_use" in stats:
         return stats["peak_bytes_in_use"] / 2**20, "device peak_bytes_in_use"
     import resource
+
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process max RSS"
 
 
@@ -173,6 +230,7 @@ def run_point(spec):
     if cfg.rssm.core == "gru":
         cfg = configlib.parse(spec["argv"] + gru_inputs(cfg))
     import jax
+
     if cfg.jax.platform != "auto":
         jax.config.update("jax_platforms", {"gpu": "cuda"}.get(cfg.jax.platform, cfg.jax.platform))
     import equinox as eqx
@@ -187,24 +245,32 @@ def run_point(spec):
     rng = np.random.default_rng(0)
     if obs_kind == "image":  # Memory Maze's spaces, without the environment (~0.6 GB and seconds)
         from recall2imagine.envs.base import ActSpace
+
         obs_space, act_space = {IMAGE_KEY: (IMAGE_SHAPE, np.uint8)}, ActSpace(True, IMAGE_ACTIONS)
         agent = Agent(cfg, obs_space, act_space, jax.random.PRNGKey(0))
         B, T = cfg.batch_size, cfg.batch_length
         batch = {IMAGE_KEY: rng.integers(0, 256, (B, T) + IMAGE_SHAPE, dtype=np.uint8)}
     else:
         from recall2imagine.envs import make_env
+
         env = make_env(cfg.task, seed=0)
         agent = Agent(cfg, env.obs_space, env.act_space, jax.random.PRNGKey(0))
         B, T = cfg.batch_size, cfg.batch_length
         obs = env.reset()
-        batch = {k: rng.normal(size=(B, T) + np.shape(v)).astype(np.float32) for k, v in obs.items()
-                 if not k.startswith("is_") and not k.startswith("log_") and k != "reward"}
+        batch = {
+            k: rng.normal(size=(B, T) + np.shape(v)).astype(np.float32)
+            for k, v in obs.items()
+            if not k.startswith("is_") and not k.startswith("log_") and k != "reward"
+        }
         env.close()
     A = agent.act_dim
-    batch.update(reward=rng.normal(size=(B, T)).astype(np.float32),
-                 is_first=rng.random((B, T)) < 0.01, is_last=np.zeros((B, T), bool),
-                 is_terminal=rng.random((B, T)) < 0.01,
-                 action=np.eye(A, dtype=np.float32)[rng.integers(0, A, (B, T))])
+    batch.update(
+        reward=rng.normal(size=(B, T)).astype(np.float32),
+        is_first=rng.random((B, T)) < 0.01,
+        is_last=np.zeros((B, T), bool),
+        is_terminal=rng.random((B, T)) < 0.01,
+        action=np.eye(A, dtype=np.float32)[rng.integers(0, A, (B, T))],
+    )
     batch["is_first"][:, 0] = True
 
     def wm_step(key, wm, opt_state, batch):
@@ -234,36 +300,50 @@ def run_point(spec):
     # step's outputs are committed, and that difference alone made the second call compile again.
     wm = jax.tree.map(lambda x: x, agent.state.wm)
     dev = agent.train_devices[0]
-    carry = [jax.tree.map(lambda x: jax.device_put(x, dev) if eqx.is_array(x) else x, tree)
-             for tree in (wm, agent.wm_opt.init(eqx.filter(wm, eqx.is_array)))]
+    carry = [
+        jax.tree.map(lambda x: jax.device_put(x, dev) if eqx.is_array(x) else x, tree)
+        for tree in (wm, agent.wm_opt.init(eqx.filter(wm, eqx.is_array)))
+    ]
     dev_batch = jax.device_put(batch)
 
     def one_wm(key):
         carry[0], carry[1], loss = wm_step(key, carry[0], carry[1], dev_batch)
         jax.block_until_ready((carry, loss))
 
-    res = dict(obs=obs_kind, core=cfg.rssm.core, length=T, batch=B, tokens=B * T,
-               parallel=bool(agent.state.wm.rssm.parallel),
-               device=f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
-               precision=resolve_precision(cfg.jax.precision), actor_inputs=",".join(cfg.actor.inputs),
-               encoder="+".join(n for n in ("cnn", "mlp") if getattr(agent.state.wm.encoder, n) is not None),
-               imag_starts=min(int(cfg.get("imag_starts", 0) or 0) or B * T, B * T), imag_horizon=cfg.imag_horizon)
+    res = dict(
+        obs=obs_kind,
+        core=cfg.rssm.core,
+        length=T,
+        batch=B,
+        tokens=B * T,
+        parallel=bool(agent.state.wm.rssm.parallel),
+        device=f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
+        precision=resolve_precision(cfg.jax.precision),
+        actor_inputs=",".join(cfg.actor.inputs),
+        encoder="+".join(n for n in ("cnn", "mlp") if getattr(agent.state.wm.encoder, n) is not None),
+        imag_starts=min(int(cfg.get("imag_starts", 0) or 0) or B * T, B * T),
+        imag_horizon=cfg.imag_horizon,
+    )
     times, first = timed(one_wm)
     res.update(wm_ms=1e3 * statistics.median(times), wm_min_ms=1e3 * min(times), wm_first_s=first)
     res["wm_peak_mb"], res["mem_source"] = _peak_memory(jax)
     del carry[:]
     if spec["agent"]:
+
         def one_train(key):
             jax.block_until_ready(agent.train(batch, key))
             jax.block_until_ready(agent.state)
 
         times, first = timed(one_train)
-        res.update(train_ms=1e3 * statistics.median(times), train_min_ms=1e3 * min(times), train_first_s=first)
+        res.update(
+            train_ms=1e3 * statistics.median(times), train_min_ms=1e3 * min(times), train_first_s=first
+        )
         res["train_peak_mb"] = _peak_memory(jax)[0]
     return res
 
 
 # ---------------------------------------------------------------- driver
+
 
 def _fmt(x, digits=1):
     return "" if x is None else f"{x:.{digits}f}"
@@ -295,8 +375,11 @@ def file_names(args):
 
 def target_rows(args, rows):
     """[(what, point, ssm value s, gru value s, limit s, result)] for the issue's targets."""
-    by = {(r["core"], r["batch"], r["length"]): r for r in rows
-          if "error" not in r and r.get("obs", "vector") == "vector"}
+    by = {
+        (r["core"], r["batch"], r["length"]): r
+        for r in rows
+        if "error" not in r and r.get("obs", "vector") == "vector"
+    }
     out = []
     for what, b, L, key, limit in TARGETS:
         s, g = by.get(("ssm", b, L)), by.get(("gru", b, L))
@@ -313,8 +396,12 @@ def target_rows(args, rows):
 
 def target_text(args, rows):
     trs = target_rows(args, rows)
-    lines = [f"Targets (ssm core; set for {TARGET_CONDITIONS}; gru for reference):", "",
-             "| target | batch x length | ssm s | limit s | result | gru s |", "|---|---:|---:|---:|---|---:|"]
+    lines = [
+        f"Targets (ssm core; set for {TARGET_CONDITIONS}; gru for reference):",
+        "",
+        "| target | batch x length | ssm s | limit s | result | gru s |",
+        "|---|---:|---:|---:|---|---:|",
+    ]
     for what, point, sv, gv, limit, result in trs:
         lines.append(f"| {what} | {point} | {_fmt(sv, 2)} | <= {limit:g} | {result} | {_fmt(gv, 2)} |")
     ok = [r for r in rows if "error" not in r and r.get("obs", "vector") == "vector"]
@@ -341,22 +428,32 @@ def markdown(args, overrides, obs, rows, elapsed):
     else:
         sizing = f"tokens per step {args.tokens} (batch = tokens // length)"
     if obs == "image":
-        obs_line = (f"observations: {IMAGE_KEY} {'x'.join(map(str, IMAGE_SHAPE))} uint8, {IMAGE_ACTIONS} discrete "
-                    f"actions (Memory Maze's spaces, no environment), random batch; encoder {first.get('encoder', '?')}"
-                    + (" (--obs both: the config plus `" + " ".join(IMAGE_KEYS) + "`)" if args.obs == "both" else ""))
+        obs_line = (
+            f"observations: {IMAGE_KEY} {'x'.join(map(str, IMAGE_SHAPE))} uint8, {IMAGE_ACTIONS} discrete "
+            f"actions (Memory Maze's spaces, no environment), random batch; encoder {first.get('encoder', '?')}"
+            + (" (--obs both: the config plus `" + " ".join(IMAGE_KEYS) + "`)" if args.obs == "both" else "")
+        )
     else:
-        obs_line = f"observations: the config task's vectors, random batch; encoder {first.get('encoder', '?')}"
+        obs_line = (
+            f"observations: the config task's vectors, random batch; encoder {first.get('encoder', '?')}"
+        )
     lines = [
-        f"# Train-step time: R2I (ssm) vs DreamerV3 (gru), {obs} observations", "",
+        f"# Train-step time: R2I (ssm) vs DreamerV3 (gru), {obs} observations",
+        "",
         f"- {obs_line}",
-        f"- configs: `{' '.join(args.configs)}`" + (f", overrides `{' '.join(overrides)}`" if overrides else ""),
+        f"- configs: `{' '.join(args.configs)}`"
+        + (f", overrides `{' '.join(overrides)}`" if overrides else ""),
         f"- device: {first.get('device', '?')}, precision {first.get('precision', '?')}, "
         f"ssm parallel scan: {first.get('parallel', '?')} (--parallel {args.parallel})",
         f"- {sizing}; lengths {' '.join(map(str, args.lengths))}"
-        + (" (--quick subset; the full set is " + " ".join(map(str, FULL_LENGTHS)) + ")"
-           if args.quick and args.lengths != FULL_LENGTHS else ""),
+        + (
+            " (--quick subset; the full set is " + " ".join(map(str, FULL_LENGTHS)) + ")"
+            if args.quick and args.lengths != FULL_LENGTHS
+            else ""
+        ),
         f"- times: median of {args.repeats} timed calls after {args.warmup} warm-up calls (compilation excluded)"
-        + (" (--quick)" if args.quick else "") + "; `first` is the first full update, compilation included "
+        + (" (--quick)" if args.quick else "")
+        + "; `first` is the first full update, compilation included "
         "(`(wm)`: the world-model step's, with --agent False)",
         f"- gru actor/critic inputs: {by.get(('gru', lengths[0]), {}).get('actor_inputs', '-') if lengths else '-'}"
         f"; ssm: {by.get(('ssm', lengths[0]), {}).get('actor_inputs', '-') if lengths else '-'}",
@@ -364,7 +461,8 @@ def markdown(args, overrides, obs, rows, elapsed):
         + " / ".join(sorted({str(r["imag_starts"]) for r in rows if "imag_starts" in r}, key=int) or ["?"])
         + f" posterior states (`imag_starts`, capped at batch x length) x {first.get('imag_horizon', '?')} steps",
         f"- peak memory: {first.get('mem_source', '?')}, one process per point",
-        f"- wall time of the benchmark: {elapsed:.0f} s", "",
+        f"- wall time of the benchmark: {elapsed:.0f} s",
+        "",
         "| length | batch | wm ssm ms | wm gru ms | wm gru/ssm | train ssm s | train gru s | train gru/ssm "
         "| first ssm s | first gru s | mem ssm MB | mem gru MB |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -373,10 +471,12 @@ def markdown(args, overrides, obs, rows, elapsed):
         s, g = by.get(("ssm", L), {}), by.get(("gru", L), {})
         b = s.get("batch", g.get("batch", ""))
         mem = lambda r: _fmt(r.get("train_peak_mb", r.get("wm_peak_mb")), 0)
-        lines.append(f"| {L} | {b} | {_fmt(s.get('wm_ms'))} | {_fmt(g.get('wm_ms'))} | "
-                     f"{_fmt(_ratio(g.get('wm_ms'), s.get('wm_ms')), 2)} | {_fmt(_s(s.get('train_ms')), 3)} | "
-                     f"{_fmt(_s(g.get('train_ms')), 3)} | {_fmt(_ratio(g.get('train_ms'), s.get('train_ms')), 2)} | "
-                     f"{_first(s)} | {_first(g)} | {mem(s)} | {mem(g)} |")
+        lines.append(
+            f"| {L} | {b} | {_fmt(s.get('wm_ms'))} | {_fmt(g.get('wm_ms'))} | "
+            f"{_fmt(_ratio(g.get('wm_ms'), s.get('wm_ms')), 2)} | {_fmt(_s(s.get('train_ms')), 3)} | "
+            f"{_fmt(_s(g.get('train_ms')), 3)} | {_fmt(_ratio(g.get('train_ms'), s.get('train_ms')), 2)} | "
+            f"{_first(s)} | {_first(g)} | {mem(s)} | {mem(g)} |"
+        )
     errors = [r for r in rows if "error" in r]
     if errors:
         lines += ["", "Failed points:"] + [f"- {r['core']} L={r['length']}: {r['error']}" for r in errors]
@@ -390,9 +490,29 @@ def write_outputs(out, args, overrides, rows, elapsed):
     """Writes the .md and .csv per observation kind and the PNG; returns the Markdown texts joined."""
     out.mkdir(parents=True, exist_ok=True)
     stems, png = file_names(args)
-    cols = ["obs", "core", "length", "batch", "tokens", "parallel", "wm_ms", "wm_min_ms", "wm_first_s", "train_ms",
-            "train_min_ms", "train_first_s", "wm_peak_mb", "train_peak_mb", "mem_source", "device", "precision",
-            "encoder", "actor_inputs", "imag_starts", "error"]
+    cols = [
+        "obs",
+        "core",
+        "length",
+        "batch",
+        "tokens",
+        "parallel",
+        "wm_ms",
+        "wm_min_ms",
+        "wm_first_s",
+        "train_ms",
+        "train_min_ms",
+        "train_first_s",
+        "wm_peak_mb",
+        "train_peak_mb",
+        "mem_source",
+        "device",
+        "precision",
+        "encoder",
+        "actor_inputs",
+        "imag_starts",
+        "error",
+    ]
     texts = []
     for obs, stem in stems.items():
         mine = [r for r in rows if r.get("obs", "vector") == obs]
@@ -410,6 +530,7 @@ def write_outputs(out, args, overrides, rows, elapsed):
 def write_png(path, args, rows, kinds):
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         import matplotlib.ticker
@@ -428,15 +549,26 @@ def write_png(path, args, rows, kinds):
                 if pts:
                     ax1.plot(*zip(*pts), style, color=color, label=f"{core} {label}")
         for key, style, label in (("wm_ms", "-o", "world model"), ("train_ms", "--s", "full agent")):
-            pts = [(L, _ratio(by.get(("gru", L), {}).get(key), by.get(("ssm", L), {}).get(key))) for L in lengths]
+            pts = [
+                (L, _ratio(by.get(("gru", L), {}).get(key), by.get(("ssm", L), {}).get(key))) for L in lengths
+            ]
             pts = [p for p in pts if p[1]]
             if pts:
                 ax2.plot(*zip(*pts), style, color="k", label=label)
-        ax1.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="train step time (s)",
-                title=f"{obs} observations, {sizing}, {device}")
+        ax1.set(
+            xscale="log",
+            yscale="log",
+            xlabel="sequence length",
+            ylabel="train step time (s)",
+            title=f"{obs} observations, {sizing}, {device}",
+        )
         ax2.axhline(1.0, color="grey", lw=0.8)
-        ax2.set(xscale="log", xlabel="sequence length", ylabel="time gru / time ssm",
-                title=f"speed-up of ssm (R2I), {obs} observations")
+        ax2.set(
+            xscale="log",
+            xlabel="sequence length",
+            ylabel="time gru / time ssm",
+            title=f"speed-up of ssm (R2I), {obs} observations",
+        )
         for ax in (ax1, ax2):
             if lengths:
                 ax.set_xticks(lengths, [str(L) for L in lengths])
@@ -457,7 +589,9 @@ def main(argv=None):
     try:  # fail early, in one line, on a bad config or observations the config cannot take
         for obs in obs_kinds(args):
             for core in args.cores:
-                problem = check_obs(configlib.parse(point_argv(args, overrides, core, args.lengths[0], obs)), obs)
+                problem = check_obs(
+                    configlib.parse(point_argv(args, overrides, core, args.lengths[0], obs)), obs
+                )
                 if problem:
                     print(f"error: {problem}", file=sys.stderr)
                     return 2
@@ -465,41 +599,68 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     sizing = f"batch {args.batch_size}" if args.batch_size is not None else f"tokens {args.tokens}"
-    print(f"lengths {args.lengths}, {sizing}, repeats {args.repeats}, warm-up {args.warmup}, "
-          f"cores {args.cores}, obs {obs_kinds(args)}, configs {args.configs}"
-          + (" (--quick)" if args.quick else ""), flush=True)
+    print(
+        f"lengths {args.lengths}, {sizing}, repeats {args.repeats}, warm-up {args.warmup}, "
+        f"cores {args.cores}, obs {obs_kinds(args)}, configs {args.configs}"
+        + (" (--quick)" if args.quick else ""),
+        flush=True,
+    )
     if args.batch_size is None and args.tokens < max(args.lengths):
-        print(f"note: lengths above --tokens {args.tokens} run with batch 1 (more tokens per step)", flush=True)
+        print(
+            f"note: lengths above --tokens {args.tokens} run with batch 1 (more tokens per step)", flush=True
+        )
     out = pathlib.Path(args.out)
     rows, start = [], time.time()
     for L in args.lengths:
         for obs in obs_kinds(args):
             for core in args.cores:
-                spec = dict(argv=point_argv(args, overrides, core, L, obs), warmup=args.warmup,
-                            repeats=args.repeats, agent=args.agent, obs=obs)
+                spec = dict(
+                    argv=point_argv(args, overrides, core, L, obs),
+                    warmup=args.warmup,
+                    repeats=args.repeats,
+                    agent=args.agent,
+                    obs=obs,
+                )
                 t0 = time.time()
                 try:
-                    proc = subprocess.run([sys.executable, __file__, "--point", json.dumps(spec)],
-                                          capture_output=True, text=True, timeout=args.timeout)
+                    proc = subprocess.run(
+                        [sys.executable, __file__, "--point", json.dumps(spec)],
+                        capture_output=True,
+                        text=True,
+                        timeout=args.timeout,
+                    )
                     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
                     if proc.returncode == 0 and lines:
-                        row = json.loads(lines[-1][len("RESULT "):])
+                        row = json.loads(lines[-1][len("RESULT ") :])
                     else:
                         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
                         row = dict(obs=obs, core=core, length=L, batch=batch_of(args, L), error=tail[:300])
                 except subprocess.TimeoutExpired:
-                    row = dict(obs=obs, core=core, length=L, batch=batch_of(args, L),
-                               error=f"timeout {args.timeout:.0f} s")
+                    row = dict(
+                        obs=obs,
+                        core=core,
+                        length=L,
+                        batch=batch_of(args, L),
+                        error=f"timeout {args.timeout:.0f} s",
+                    )
                 rows.append(row)
                 if "error" in row:
                     print(f"{obs:>6} {core:>3} L={L:<5} FAILED: {row['error']}", flush=True)
                 else:
-                    print(f"{obs:>6} {core:>3} L={L:<5} B={row['batch']:<4} wm {row['wm_ms']:9.1f} ms"
-                          + (f" | train {row['train_ms'] / 1e3:8.3f} s, first {row['train_first_s']:6.1f} s"
-                             if "train_ms" in row else f" | wm first {row['wm_first_s']:6.1f} s")
-                          + f" | peak {row.get('train_peak_mb', row['wm_peak_mb']):7.0f} MB"
-                          + f" | point {time.time() - t0:5.1f} s", flush=True)
-                write_outputs(out, args, overrides, rows, time.time() - start)  # partial results survive a stop
+                    print(
+                        f"{obs:>6} {core:>3} L={L:<5} B={row['batch']:<4} wm {row['wm_ms']:9.1f} ms"
+                        + (
+                            f" | train {row['train_ms'] / 1e3:8.3f} s, first {row['train_first_s']:6.1f} s"
+                            if "train_ms" in row
+                            else f" | wm first {row['wm_first_s']:6.1f} s"
+                        )
+                        + f" | peak {row.get('train_peak_mb', row['wm_peak_mb']):7.0f} MB"
+                        + f" | point {time.time() - t0:5.1f} s",
+                        flush=True,
+                    )
+                write_outputs(
+                    out, args, overrides, rows, time.time() - start
+                )  # partial results survive a stop
     text = write_outputs(out, args, overrides, rows, time.time() - start)
     print()
     print(text)

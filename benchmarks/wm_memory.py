@@ -30,6 +30,7 @@ agent once its policy entropy has collapsed; with p = 0 (uniform) it is a functi
 the old card together, which has no first-order signal.
 Flags it does not know are config overrides, as for `recall2imagine.train`.
 """
+
 import argparse
 import pathlib
 import sys
@@ -74,7 +75,9 @@ def main(argv=None):
     p.add_argument("--data_episodes", type=int, default=2000)
     p.add_argument("--eval_episodes", type=int, default=100)
     p.add_argument("--bias", type=float, default=0.0, help="probability of playing action 0 (else uniform)")
-    p.add_argument("--burn_in", type=int, default=0, help="steps before each window that carry the state into it")
+    p.add_argument(
+        "--burn_in", type=int, default=0, help="steps before each window that carry the state into it"
+    )
     args, overrides = p.parse_known_args(argv)
 
     import equinox as eqx
@@ -87,6 +90,7 @@ def main(argv=None):
     from recall2imagine.world_model import world_model_loss
     from recall2imagine.optim import optimize
     from recall2imagine.envs import make_env
+
     cfg = configlib.parse(overrides)
     jax.config.update("jax_platforms", cfg.jax.platform if cfg.jax.platform != "auto" else "cpu")
     lag = task_lag(cfg.task)
@@ -95,13 +99,16 @@ def main(argv=None):
     rng = np.random.default_rng(cfg.seed)
     t0 = time.time()
     data = stream(env, agent.act_dim, args.data_episodes, rng, args.bias)
-    eval_obs, eval_act = random_episodes(make_env(cfg.task, seed=cfg.seed + 10_000), agent.act_dim,
-                                         args.eval_episodes, seed=cfg.seed + 1)
+    eval_obs, eval_act = random_episodes(
+        make_env(cfg.task, seed=cfg.seed + 10_000), agent.act_dim, args.eval_episodes, seed=cfg.seed + 1
+    )
     n_rows, B, T = len(data["reward"]), cfg.batch_size, cfg.batch_length
     burn = f" after {args.burn_in} burn-in steps" if args.burn_in else ""
-    print(f"{cfg.task}: lag {lag}, {n_rows} steps of a policy playing action 0 with probability {args.bias:g}"
-          f" + uniform ({time.time() - t0:.0f} s), updates of {B} x {T}{burn}; overrides: {' '.join(overrides)}",
-          flush=True)
+    print(
+        f"{cfg.task}: lag {lag}, {n_rows} steps of a policy playing action 0 with probability {args.bias:g}"
+        f" + uniform ({time.time() - t0:.0f} s), updates of {B} x {T}{burn}; overrides: {' '.join(overrides)}",
+        flush=True,
+    )
 
     N = args.burn_in
 
@@ -110,8 +117,13 @@ def main(argv=None):
         wm = jax.tree.map(jax.lax.stop_gradient, wm)
         action = jnp.asarray(burn["action"])
         prev = jnp.concatenate([jnp.zeros_like(action[:, :1]), action[:, :-1]], 1)
-        post, _ = wm.rssm.observe(wm.encoder(burn, agent.dtype), prev, jnp.asarray(burn["is_first"]),
-                                  wm.rssm.initial((action.shape[0],), agent.dtype), key)
+        post, _ = wm.rssm.observe(
+            wm.encoder(burn, agent.dtype),
+            prev,
+            jnp.asarray(burn["is_first"]),
+            wm.rssm.initial((action.shape[0],), agent.dtype),
+            key,
+        )
         return jax.tree.map(lambda x: x[:, -1], post), action[:, -1]
 
     @eqx.filter_jit
@@ -124,7 +136,8 @@ def main(argv=None):
             batch = {k: v[:, N:] for k, v in batch.items()}
         loss_fn = lambda p: world_model_loss(eqx.combine(p, static), batch, key, agent.setup, start)
         params, opt_state, *_, (_, metrics), _, _ = optimize(
-            agent.wm_opt, loss_fn, params, opt_state, jnp.float32(1), jnp.int32(0), agent.fp16)
+            agent.wm_opt, loss_fn, params, opt_state, jnp.float32(1), jnp.int32(0), agent.fp16
+        )
         return eqx.combine(params, static), opt_state, metrics
 
     wm, opt_state, key = agent.state.wm, agent.state.wm_opt, jax.random.PRNGKey(cfg.seed)
@@ -148,14 +161,19 @@ def main(argv=None):
                 onset = i
             if onset0 is None and auc >= 0.75:
                 onset0 = i
-            print(f"update {i:6d} ({time.time() - t0:5.0f} s) | "
-                  + " ".join(f"{k} {v / n:.4f}" for k, v in sums.items())
-                  + f" | reward head prefers the rewarded action {acc:.3f}, action-0 AUC {auc:.3f}"
-                  f" | probe lag {lag} from hidden {hidden:.3f}", flush=True)
+            print(
+                f"update {i:6d} ({time.time() - t0:5.0f} s) | "
+                + " ".join(f"{k} {v / n:.4f}" for k, v in sums.items())
+                + f" | reward head prefers the rewarded action {acc:.3f}, action-0 AUC {auc:.3f}"
+                f" | probe lag {lag} from hidden {hidden:.3f}",
+                flush=True,
+            )
             sums = {}
     at = lambda u: f"update {u}" if u else "not reached"
-    print(f"of {args.updates} updates: reward-head accuracy >= 0.5 at {at(onset)}, action-0 AUC >= 0.75 at "
-          f"{at(onset0)}; final accuracy {acc:.3f}, AUC {auc:.3f}")
+    print(
+        f"of {args.updates} updates: reward-head accuracy >= 0.5 at {at(onset)}, action-0 AUC >= 0.75 at "
+        f"{at(onset0)}; final accuracy {acc:.3f}, AUC {auc:.3f}"
+    )
 
 
 if __name__ == "__main__":

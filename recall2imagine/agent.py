@@ -6,6 +6,7 @@ Data flow of one update (paper, section 3 and appendix):
   with the actor -> `lambda_return` of the critic's values -> `critic_loss` and `actor_loss`
   -> critic and actor steps -> `slow_critic_update`. `Agent.train` composes them.
 """
+
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -25,6 +26,7 @@ sg = jax.lax.stop_gradient
 
 class Setup(NamedTuple):
     """What the update functions read besides parameters and data; fixed for a run."""
+
     cfg: Any
     dtype: Any  # compute dtype of the networks
     reward_bins: jax.Array  # two-hot bins of the reward head
@@ -39,7 +41,9 @@ class Setup(NamedTuple):
 def _head_bins(name, head):
     """The two-hot bins of a head config (`bins` over [-bin_max, bin_max] in symlog space), validated."""
     if head.bins < 2 or not head.bin_max > 0:
-        raise ValueError(f"{name}.bins must be >= 2 and {name}.bin_max > 0, got {head.bins} and {head.bin_max}")
+        raise ValueError(
+            f"{name}.bins must be >= 2 and {name}.bin_max > 0, got {head.bins} and {head.bin_max}"
+        )
     return dists.twohot_bins(head.bins, -head.bin_max, head.bin_max)
 
 
@@ -80,7 +84,9 @@ def imagine(wm, actor, start, start_cont, key, setup, save=False):
     cont = (wm.cont(f_cont)[..., 0] > 0).astype(jnp.float32)
     cont = jnp.concatenate([start_cont[None], cont], 0)  # [K+1, N]
     weight = sg(jnp.cumprod(setup.gamma * cont, 0) / setup.gamma)
-    traj = dict(latents=latents, actions=actions, outs=outs, reward=reward, cont=cont, weight=weight, feat=feat)
+    traj = dict(
+        latents=latents, actions=actions, outs=outs, reward=reward, cont=cont, weight=weight, feat=feat
+    )
     return traj, saved
 
 
@@ -90,6 +96,7 @@ def lambda_return(reward, cont, value, gamma, lam):
     reward, cont [K, N]: r_{t+1}, c_{t+1} received on reaching state t+1; value [K+1, N]: v_0..v_K.
     R_t = r_{t+1} + gamma c_{t+1} ((1 - lam) v_{t+1} + lam R_{t+1}).
     """
+
     def step(next_ret, inp):
         r, c, v = inp
         ret = r + gamma * c * ((1 - lam) * v + lam * next_ret)
@@ -123,9 +130,15 @@ def actor_loss(outs, traj, value, ret, retnorm, setup):
     objective = logp * sg(adv) if setup.act.discrete else adv
     weight = traj["weight"]
     loss = -(weight[:-1] * (objective + cfg.actent * ent)).mean() * cfg.loss_scales.actor
-    metrics = dict(actor_loss=loss, policy_entropy=ent.mean(), imag_reward=traj["reward"].mean(),
-                   return_raw=ret.mean(), return_scale=scale, adv_mag=jnp.abs(adv).mean(),
-                   imag_cont=weight[-1].mean())
+    metrics = dict(
+        actor_loss=loss,
+        policy_entropy=ent.mean(),
+        imag_reward=traj["reward"].mean(),
+        return_raw=ret.mean(),
+        return_scale=scale,
+        adv_mag=jnp.abs(adv).mean(),
+        imag_cont=weight[-1].mean(),
+    )
     return loss, (retnorm, metrics)
 
 
@@ -140,15 +153,17 @@ def critic_loss(critic, slow_critic, traj, setup):
     ret = sg(returns(traj, value, setup))
     slow_mean = sg(dists.twohot_mean(slow_critic(feat[:-1]), bins))
     loss = -dists.twohot_logprob(logits[:-1], ret, bins) - cfg.loss_scales.slowreg * dists.twohot_logprob(
-        logits[:-1], slow_mean, bins)
+        logits[:-1], slow_mean, bins
+    )
     return (traj["weight"][:-1] * loss).mean() * cfg.loss_scales.critic, (value, ret)
 
 
 def slow_critic_update(slow, critic, first, fraction):
     """The slow critic: a copy of the critic on the first update (`first`), then an EMA with `fraction`."""
     mix = jnp.where(first, 1.0, fraction)
-    arrays = jax.tree.map(lambda s, c: (1 - mix) * s + mix * c, eqx.filter(slow, eqx.is_array),
-                          eqx.filter(critic, eqx.is_array))
+    arrays = jax.tree.map(
+        lambda s, c: (1 - mix) * s + mix * c, eqx.filter(slow, eqx.is_array), eqx.filter(critic, eqx.is_array)
+    )
     return eqx.combine(arrays, eqx.filter(critic, eqx.is_array, inverse=True))
 
 
@@ -192,31 +207,46 @@ class Agent:
         a, c = cfg.actor, cfg.critic
         self.actor_in = fs(a.inputs, "actor.inputs")
         actor = MLP(self.actor_in, a.layers, a.units, self.act_dim * (1 if self.discrete else 2), key=k_actor)
-        critic = MLP(fs(c.inputs, "critic.inputs"), c.layers, c.units, c.bins, key=k_critic, outscale=c.outscale)
+        critic = MLP(
+            fs(c.inputs, "critic.inputs"), c.layers, c.units, c.bins, key=k_critic, outscale=c.outscale
+        )
         self.value_bins = _head_bins("critic", c)
         self.reward_bins = _head_bins("reward_head", cfg.reward_head)
-        self.setup = Setup(cfg, self.dtype, self.reward_bins, self.value_bins,
-                           dists.ActionDist(self.discrete, self.act_dim, a.unimix, a.minstd, a.maxstd))
+        self.setup = Setup(
+            cfg,
+            self.dtype,
+            self.reward_bins,
+            self.value_bins,
+            dists.ActionDist(self.discrete, self.act_dim, a.unimix, a.minstd, a.maxstd),
+        )
         wm_params = eqx.filter(wm, eqx.is_array)
         m, ao, co = cfg.model_opt, cfg.actor_opt, cfg.critic_opt
         # the S5 leaves form their own group: own lr, own global-norm clip, no weight decay
         self.labels = param_labels(wm_params)
         self.wm_opt = optax.multi_transform(
             {"rest": adam(m.lr, m.eps, m.clip, m.wd, kernel_mask), "ssm": adam(m.ssm_lr, m.eps, m.clip)},
-            self.labels)
+            self.labels,
+        )
         self.actor_opt = adam(ao.lr, ao.eps, ao.clip, ao.wd, kernel_mask)
         self.critic_opt = adam(co.lr, co.eps, co.clip, co.wd, kernel_mask)
         self.state = AgentState(  # the `state` setter places it on the train devices
-            wm=wm, actor=actor, critic=critic, slow_critic=jax.tree.map(jnp.copy, critic),
+            wm=wm,
+            actor=actor,
+            critic=critic,
+            slow_critic=jax.tree.map(jnp.copy, critic),
             wm_opt=self.wm_opt.init(wm_params),
             actor_opt=self.actor_opt.init(eqx.filter(actor, eqx.is_array)),
             critic_opt=self.critic_opt.init(eqx.filter(critic, eqx.is_array)),
-            retnorm=jnp.zeros(2, jnp.float32), updates=jnp.zeros((), jnp.int32),
+            retnorm=jnp.zeros(2, jnp.float32),
+            updates=jnp.zeros((), jnp.int32),
             loss_scale=jnp.full(3, 1e4 if self.dtype == jnp.float16 else 1.0, jnp.float32),
-            good_steps=jnp.zeros(3, jnp.int32))
+            good_steps=jnp.zeros(3, jnp.int32),
+        )
         self._train = eqx.filter_jit(self._train_impl, donate="all-except-first")
         self._policy = eqx.filter_jit(self._policy_impl)
-        self._openloop = eqx.filter_jit(lambda wm, batch, key, context: openloop(wm, batch, key, context, self.setup))
+        self._openloop = eqx.filter_jit(
+            lambda wm, batch, key, context: openloop(wm, batch, key, context, self.setup)
+        )
 
     # ------------------------------------------------------------ acting
 
@@ -289,14 +319,22 @@ class Agent:
         k_wm, k_imag, k_start = jax.random.split(key, 3)
         wm_params, wm_static = eqx.partition(state.wm, eqx.is_array)
         loss_fn = lambda p: world_model_loss(eqx.combine(p, wm_static), batch, k_wm, self.setup)
-        step = optimize(self.wm_opt, loss_fn, wm_params, state.wm_opt, state.loss_scale[0], state.good_steps[0],
-                        self.fp16)
+        step = optimize(
+            self.wm_opt, loss_fn, wm_params, state.wm_opt, state.loss_scale[0], state.good_steps[0], self.fp16
+        )
         post, metrics = step.aux
-        metrics = dict(metrics, model_opt_skipped=1.0 - step.finite, model_opt_loss_scale=step.scale,
-                       **self._grad_norms(step.grads))
-        state = state._replace(wm=eqx.combine(step.params, wm_static), wm_opt=step.opt_state,
-                               loss_scale=state.loss_scale.at[0].set(step.scale),
-                               good_steps=state.good_steps.at[0].set(step.good))
+        metrics = dict(
+            metrics,
+            model_opt_skipped=1.0 - step.finite,
+            model_opt_loss_scale=step.scale,
+            **self._grad_norms(step.grads),
+        )
+        state = state._replace(
+            wm=eqx.combine(step.params, wm_static),
+            wm_opt=step.opt_state,
+            loss_scale=state.loss_scale.at[0].set(step.scale),
+            good_steps=state.good_steps.at[0].set(step.good),
+        )
         start = jax.tree.map(lambda x: sg(x.reshape((-1,) + x.shape[2:])), post)  # [B*T]
         start_cont = 1.0 - batch["is_terminal"].reshape(-1).astype(jnp.float32)
         n = self.cfg.imag_starts
@@ -325,22 +363,34 @@ class Agent:
         critic_params, critic_static = eqx.partition(state.critic, eqx.is_array)
         scale, good = state.loss_scale, state.good_steps
         critic_step = lambda traj: optimize(
-            self.critic_opt, lambda p: critic_loss(eqx.combine(p, critic_static), state.slow_critic, traj, setup),
-            critic_params, state.critic_opt, scale[2], good[2], self.fp16)
-        actor_step = lambda fn: optimize(self.actor_opt, fn, actor_params, state.actor_opt, scale[1], good[1],
-                                         self.fp16)
+            self.critic_opt,
+            lambda p: critic_loss(eqx.combine(p, critic_static), state.slow_critic, traj, setup),
+            critic_params,
+            state.critic_opt,
+            scale[2],
+            good[2],
+            self.fp16,
+        )
+        actor_step = lambda fn: optimize(
+            self.actor_opt, fn, actor_params, state.actor_opt, scale[1], good[1], self.fp16
+        )
         if self.discrete:
             reuse = self._reuse_actor_vjp(start_cont.shape[0])
-            traj, saved = imagine(wm, jax.tree.map(sg, state.actor), start, start_cont, key, setup, save=reuse)
+            traj, saved = imagine(
+                wm, jax.tree.map(sg, state.actor), start, start_cont, key, setup, save=reuse
+            )
             c = critic_step(traj)
             value, ret = c.aux
             outs_of = self._actor_outputs(actor_static, traj, saved)
             a = actor_step(lambda p: actor_loss(outs_of(p), traj, value, ret, state.retnorm, setup))
         else:
+
             def loss_fn(params):  # the returns differentiated through the imagined dynamics
                 traj, _ = imagine(wm, eqx.combine(params, actor_static), start, start_cont, key, setup)
                 value = values(state.critic, traj, setup)
-                loss, aux = actor_loss(traj["outs"], traj, value, returns(traj, value, setup), state.retnorm, setup)
+                loss, aux = actor_loss(
+                    traj["outs"], traj, value, returns(traj, value, setup), state.retnorm, setup
+                )
                 return loss, (*aux, jax.tree.map(sg, traj))
 
             a = actor_step(loss_fn)
@@ -348,14 +398,27 @@ class Agent:
             value = c.aux[0]
         retnorm, metrics = a.aux[:2]
         critic = eqx.combine(c.params, critic_static)
-        metrics = dict(metrics, critic_value=value.mean(), critic_loss=c.loss,
-                       actor_opt_grad_norm=global_norm(a.grads), actor_opt_skipped=1.0 - a.finite,
-                       critic_opt_grad_norm=global_norm(c.grads), critic_opt_skipped=1.0 - c.finite)
+        metrics = dict(
+            metrics,
+            critic_value=value.mean(),
+            critic_loss=c.loss,
+            actor_opt_grad_norm=global_norm(a.grads),
+            actor_opt_skipped=1.0 - a.finite,
+            critic_opt_grad_norm=global_norm(c.grads),
+            critic_opt_skipped=1.0 - c.finite,
+        )
         state = state._replace(
-            actor=eqx.combine(a.params, actor_static), actor_opt=a.opt_state, critic=critic, critic_opt=c.opt_state,
-            slow_critic=slow_critic_update(state.slow_critic, critic, state.updates == 0, cfg.slow_critic_fraction),
-            retnorm=retnorm, loss_scale=scale.at[1].set(a.scale).at[2].set(c.scale),
-            good_steps=good.at[1].set(a.good).at[2].set(c.good))
+            actor=eqx.combine(a.params, actor_static),
+            actor_opt=a.opt_state,
+            critic=critic,
+            critic_opt=c.opt_state,
+            slow_critic=slow_critic_update(
+                state.slow_critic, critic, state.updates == 0, cfg.slow_critic_fraction
+            ),
+            retnorm=retnorm,
+            loss_scale=scale.at[1].set(a.scale).at[2].set(c.scale),
+            good_steps=good.at[1].set(a.good).at[2].set(c.good),
+        )
         return state, metrics
 
     def _reuse_actor_vjp(self, n):

@@ -103,8 +103,10 @@ def load(runs):
             notes.append(f"no bsuite CSV in {run_dir}")
             continue
         if list(d.glob("*.csv.*.bak")):
-            notes.append(f"{run_dir} was resumed: its bsuite CSV was continued from the last row logged "
-                         f"before the stop (episodes after that row are not counted)")
+            notes.append(
+                f"{run_dir} was resumed: its bsuite CSV was continued from the last row logged "
+                f"before the stop (episodes after that row are not counted)"
+            )
         dirs[str(d)] = seed
     if not dirs:
         return None, notes
@@ -133,9 +135,15 @@ def score(runs) -> dict:
 
     for (seed, bsuite_id), run_df in df.groupby(["seed", "bsuite_id"], sort=True):
         experiment = run_df["bsuite_env"].iloc[0]
-        row = dict(seed=seed, bsuite_id=bsuite_id, experiment=experiment,
-                   episodes=int(run_df["episode"].max()), setting_score=float("nan"),
-                   success_final=float("nan"), success_cumulative=float("nan"))
+        row = dict(
+            seed=seed,
+            bsuite_id=bsuite_id,
+            experiment=experiment,
+            episodes=int(run_df["episode"].max()),
+            setting_score=float("nan"),
+            success_final=float("nan"),
+            success_cumulative=float("nan"),
+        )
         if experiment in info:
             with contextlib.redirect_stdout(io.StringIO()):
                 row["setting_score"] = _num(info[experiment].score(run_df))
@@ -145,9 +153,14 @@ def score(runs) -> dict:
 
     for bsuite_id, rows in _group(out["runs"], "bsuite_id").items():
         experiment = rows[0]["experiment"]
-        row = dict(experiment=experiment, bsuite_id=bsuite_id, setting=_setting_label(bsuite_id),
-                   seeds=len(rows), episodes_min=min(r["episodes"] for r in rows),
-                   setting_score=_nanmean(r["setting_score"] for r in rows))
+        row = dict(
+            experiment=experiment,
+            bsuite_id=bsuite_id,
+            setting=_setting_label(bsuite_id),
+            seeds=len(rows),
+            episodes_min=min(r["episodes"] for r in rows),
+            setting_score=_nanmean(r["setting_score"] for r in rows),
+        )
         if experiment in MEMORY_EXPERIMENTS:
             row["memory_length"] = bsweep_memory_length(bsuite_id)
             row["success_final"] = _nanmean(r["success_final"] for r in rows)
@@ -165,19 +178,26 @@ def score(runs) -> dict:
     for experiment, settings in _group(out["settings"], "experiment").items():
         seeds = per_seed.get(experiment, [])
         total = len(_settings_of(experiment))
-        row = dict(experiment=experiment, score=_nanmean(s for _, s, _ in seeds),
-                   score_min=min((s for _, s, _ in seeds), default=float("nan")),
-                   score_max=max((s for _, s, _ in seeds), default=float("nan")),
-                   seeds=len(seeds), settings=len(settings), settings_total=total,
-                   partial=len(settings) < total, finished=bool(seeds) and all(f for _, _, f in seeds))
+        row = dict(
+            experiment=experiment,
+            score=_nanmean(s for _, s, _ in seeds),
+            score_min=min((s for _, s, _ in seeds), default=float("nan")),
+            score_max=max((s for _, s, _ in seeds), default=float("nan")),
+            seeds=len(seeds),
+            settings=len(settings),
+            settings_total=total,
+            partial=len(settings) < total,
+            finished=bool(seeds) and all(f for _, _, f in seeds),
+        )
         if experiment not in info:
             out["notes"].append(f"bsuite has no score for {experiment}")
         if experiment in MEMORY_EXPERIMENTS:
             solved = [s["memory_length"] for s in settings if s["solved"]]
             row["largest_solved"] = max(solved) if solved else None
             if solved and any(not s["solved"] and s["memory_length"] < max(solved) for s in settings):
-                out["notes"].append(f"{experiment}: a memory length shorter than the largest solved one is "
-                                    f"not solved")
+                out["notes"].append(
+                    f"{experiment}: a memory length shorter than the largest solved one is not solved"
+                )
         out["experiments"].append(row)
     return out
 
@@ -210,52 +230,93 @@ def markdown(result) -> list[str]:
         return lines + [result["error"], ""]
     if not result["experiments"]:
         return lines + ["no bsuite CSV logs found", ""] + [f"- {n}" for n in result["notes"]]
-    lines += ["Computed by bsuite's own analysis code from bsuite's CSV logs; each seed is scored as one "
-              "bsuite agent, `score` is the mean over seeds (min-max in brackets).", "",
-              "| experiment | score | seeds | settings | finished | largest memory length solved |",
-              "|---|---:|---:|---:|---|---:|"]
+    lines += [
+        "Computed by bsuite's own analysis code from bsuite's CSV logs; each seed is scored as one "
+        "bsuite agent, `score` is the mean over seeds (min-max in brackets).",
+        "",
+        "| experiment | score | seeds | settings | finished | largest memory length solved |",
+        "|---|---:|---:|---:|---|---:|",
+    ]
     for e in result["experiments"]:
         partial = " (partial)" if e["partial"] else ""
         spread = f"[{_fmt(e['score_min'])}-{_fmt(e['score_max'])}]"
-        lines.append(f"| {e['experiment']} | {_fmt(e['score'])} {spread} | {e['seeds']} "
-                     f"| {e['settings']} of {e['settings_total']}{partial} | {_fmt(e['finished'])} "
-                     f"| {_fmt(e.get('largest_solved'))} |")
+        lines.append(
+            f"| {e['experiment']} | {_fmt(e['score'])} {spread} | {e['seeds']} "
+            f"| {e['settings']} of {e['settings_total']}{partial} | {_fmt(e['finished'])} "
+            f"| {_fmt(e.get('largest_solved'))} |"
+        )
     lines.append("")
     if any(e["partial"] for e in result["experiments"]):
-        lines += ["Partial: bsuite scores an experiment over all its settings; this score covers only the "
-                  "settings that ran.", ""]
+        lines += [
+            "Partial: bsuite scores an experiment over all its settings; this score covers only the "
+            "settings that ran.",
+            "",
+        ]
     if not all(e["finished"] for e in result["experiments"]):
-        lines += ["Not finished: some runs have fewer episodes than bsuite's protocol; bsuite then scores at "
-                  "the last logged episode.", ""]
+        lines += [
+            "Not finished: some runs have fewer episodes than bsuite's protocol; bsuite then scores at "
+            "the last logged episode.",
+            "",
+        ]
     memory = [s for s in result["settings"] if "success_final" in s]
     if memory:
-        lines += [f"Memory settings, averaged over seeds: `success (final)` is the fraction of perfect "
-                  f"episodes over the last logged stretch of episodes (solved: >= {SOLVED_THRESHOLD}), "
-                  f"`success (all)` "
-                  f"over all episodes, `bsuite learned` the fraction of seeds for which bsuite's score "
-                  f"counts the setting as learned.", "",
-                  "| bsuite id | setting | seeds | episodes (min) | success (final) | success (all) | "
-                  "bsuite learned | solved |",
-                  "|---|---|---:|---:|---:|---:|---:|---|"]
-        lines += [f"| {s['bsuite_id']} | {s['setting']} | {s['seeds']} | {s['episodes_min']} | "
-                  f"{_fmt(s['success_final'])} | {_fmt(s['success_cumulative'])} | "
-                  f"{_fmt(s['setting_score'])} | {_fmt(s['solved'])} |" for s in memory]
+        lines += [
+            f"Memory settings, averaged over seeds: `success (final)` is the fraction of perfect "
+            f"episodes over the last logged stretch of episodes (solved: >= {SOLVED_THRESHOLD}), "
+            f"`success (all)` "
+            f"over all episodes, `bsuite learned` the fraction of seeds for which bsuite's score "
+            f"counts the setting as learned.",
+            "",
+            "| bsuite id | setting | seeds | episodes (min) | success (final) | success (all) | "
+            "bsuite learned | solved |",
+            "|---|---|---:|---:|---:|---:|---:|---|",
+        ]
+        lines += [
+            f"| {s['bsuite_id']} | {s['setting']} | {s['seeds']} | {s['episodes_min']} | "
+            f"{_fmt(s['success_final'])} | {_fmt(s['success_cumulative'])} | "
+            f"{_fmt(s['setting_score'])} | {_fmt(s['solved'])} |"
+            for s in memory
+        ]
         lines.append("")
     other = [s for s in result["settings"] if "success_final" not in s]
     if other:
-        lines += ["Other settings: bsuite's score of each setting alone, averaged over seeds.", "",
-                  "| bsuite id | setting | seeds | episodes (min) | setting score |",
-                  "|---|---|---:|---:|---:|"]
-        lines += [f"| {s['bsuite_id']} | {s['setting']} | {s['seeds']} | {s['episodes_min']} | "
-                  f"{_fmt(s['setting_score'])} |" for s in other]
+        lines += [
+            "Other settings: bsuite's score of each setting alone, averaged over seeds.",
+            "",
+            "| bsuite id | setting | seeds | episodes (min) | setting score |",
+            "|---|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {s['bsuite_id']} | {s['setting']} | {s['seeds']} | {s['episodes_min']} | "
+            f"{_fmt(s['setting_score'])} |"
+            for s in other
+        ]
         lines.append("")
     lines += [f"- {n}" for n in result["notes"]]
     return lines
 
 
-CSV_FIELDS = ("level", "experiment", "bsuite_id", "setting", "memory_length", "seeds", "settings",
-              "settings_total", "partial", "finished", "episodes_min", "score", "score_min", "score_max",
-              "setting_score", "success_final", "success_cumulative", "solved", "largest_solved")
+CSV_FIELDS = (
+    "level",
+    "experiment",
+    "bsuite_id",
+    "setting",
+    "memory_length",
+    "seeds",
+    "settings",
+    "settings_total",
+    "partial",
+    "finished",
+    "episodes_min",
+    "score",
+    "score_min",
+    "score_max",
+    "setting_score",
+    "success_final",
+    "success_cumulative",
+    "solved",
+    "largest_solved",
+)
 
 
 def write_csv(result, path):
@@ -274,17 +335,27 @@ def plot_memory(result, path) -> bool:
     if not settings:
         return False
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for experiment, rows in _group(settings, "experiment").items():
         rows = sorted(rows, key=lambda r: r["memory_length"])
-        line, = ax.plot([r["memory_length"] for r in rows], [r["success_final"] for r in rows], "o-",
-                        label=f"{experiment} (mean over seeds)")
+        (line,) = ax.plot(
+            [r["memory_length"] for r in rows],
+            [r["success_final"] for r in rows],
+            "o-",
+            label=f"{experiment} (mean over seeds)",
+        )
         runs = [r for r in result["runs"] if r["experiment"] == experiment]
-        ax.scatter([bsweep_memory_length(r["bsuite_id"]) for r in runs], [r["success_final"] for r in runs],
-                   s=12, color=line.get_color(), alpha=0.4)
+        ax.scatter(
+            [bsweep_memory_length(r["bsuite_id"]) for r in runs],
+            [r["success_final"] for r in runs],
+            s=12,
+            color=line.get_color(),
+            alpha=0.4,
+        )
     ax.axhline(SOLVED_THRESHOLD, ls="--", color="gray", lw=1, label=f"solved (>= {SOLVED_THRESHOLD})")
     ax.set_xlabel("memory length")
     ax.set_ylabel("final-episode success")

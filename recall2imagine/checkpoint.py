@@ -232,8 +232,10 @@ class Checkpointer:
                 elif p.is_file():
                     fsync_path(p)  # the callback's files too
                     files[p.relative_to(tmp).as_posix()] = dict(sha256=_sha256(p), size=p.stat().st_size)
-            _write_json(tmp / COMMIT, dict(format=_FORMAT, step=step, time=time.time(), files=files,
-                                           shared=sorted(shared.used)))
+            _write_json(
+                tmp / COMMIT,
+                dict(format=_FORMAT, step=step, time=time.time(), files=files, shared=sorted(shared.used)),
+            )
             for d in reversed(dirs):
                 fsync_dir(d)
             trash = None

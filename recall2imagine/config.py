@@ -38,16 +38,16 @@ from collections.abc import Mapping
 import yaml
 
 __all__ = [
-        'CONFIGS_PATH',
-        'Config',
-        'ConfigError',
-        'config_names',
-        'default_config',
-        'default_logdir',
-        'help_text',
-        'is_pattern',
-        'load_configs',
-        'parse',
+    'CONFIGS_PATH',
+    'Config',
+    'ConfigError',
+    'config_names',
+    'default_config',
+    'default_logdir',
+    'help_text',
+    'is_pattern',
+    'load_configs',
+    'parse',
 ]
 
 CONFIGS_PATH = pathlib.Path(__file__).with_name('configs.yaml')
@@ -208,10 +208,8 @@ def _coerce(value, old, name):
             try:
                 return tuple(_coerce_scalar(item, proto, name) for item in items)
             except ConfigError:
-                raise ConfigError(
-                        f'{name} expects {_typename(old)}, got {_fmt(_freeze(items))}') from None
-        return tuple(
-                _freeze(yaml.safe_load(item) if isinstance(item, str) else item) for item in items)
+                raise ConfigError(f'{name} expects {_typename(old)}, got {_fmt(_freeze(items))}') from None
+        return tuple(_freeze(yaml.safe_load(item) if isinstance(item, str) else item) for item in items)
     if isinstance(value, _Tokens):
         if len(value) != 1:
             shown = ' '.join(repr(v) for v in value)
@@ -292,8 +290,7 @@ def _apply(flat: dict, entries, fullmatch: bool, label) -> dict:
             targets = [k for k in result if matcher(k)]
             if not targets:
                 how = 'fully matches' if fullmatch else 'matches'
-                raise ConfigError(
-                        f"config pattern '{key}' {how} no key; run with --help to list keys")
+                raise ConfigError(f"config pattern '{key}' {how} no key; run with --help to list keys")
             for target in targets:
                 result[target] = _coerce(value, result[target], f'{label(key)} (key {target})')
         else:
@@ -402,8 +399,7 @@ class Config(Mapping):
         try:
             return self._tree[name]
         except KeyError:
-            raise AttributeError(
-                    f'unknown config key {name!r}{_did_you_mean(name, self._flat)}') from None
+            raise AttributeError(f'unknown config key {name!r}{_did_you_mean(name, self._flat)}') from None
 
     def __setattr__(self, name, value):
         raise AttributeError('Config is immutable; use cfg.update({...}) to get a changed copy')
@@ -524,8 +520,9 @@ def _user_yaml(path: str, configs: dict, schema: dict) -> list[str]:
     try:
         data = yaml.safe_load(file.read_text())
     except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f'--configs {path}: cannot read it as YAML ({type(e).__name__}: '
-                          f'{" ".join(str(e).split())[:200]})') from None
+        raise ConfigError(
+            f'--configs {path}: cannot read it as YAML ({type(e).__name__}: {" ".join(str(e).split())[:200]})'
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f'--configs {path}: the file must hold a mapping (config keys or named blocks)')
     sections = {k.split('.')[0] for k in schema}
@@ -554,8 +551,7 @@ def _apply_blocks(names, configs=None) -> Config:
         if name not in configs:
             close = difflib.get_close_matches(name, available, n=1, cutoff=0.5)
             hint = f'; did you mean {close[0]!r}?' if close else ''
-            raise ConfigError(
-                    f'unknown config name {name!r}; available: {", ".join(available)}{hint}')
+            raise ConfigError(f'unknown config name {name!r}; available: {", ".join(available)}{hint}')
         entries = _flatten_input(configs[name], cfg._flat)
         label = lambda k: k  # noqa: E731
         try:
@@ -581,14 +577,14 @@ def help_text(cfg: Config | None = None, names=()) -> str:
     width = max(len(k) for k in flat) + 2
     applied = f' (after --configs {" ".join(names)})' if names else ''
     lines = [
-            USAGE,
-            '',
-            f'Named configs, applied in order over defaults: {", ".join(config_names())}.',
-            'Keys are dotted paths (--rssm.deter 512 or --rssm.deter=512), applied in order.',
-            "A key with regex characters sets every key it fully matches: --'.*\\.units' 512.",
-            'Lists take several values or a comma-separated string; bools are True or False.',
-            '',
-            f'Keys and values{applied}:',
+        USAGE,
+        '',
+        f'Named configs, applied in order over defaults: {", ".join(config_names())}.',
+        'Keys are dotted paths (--rssm.deter 512 or --rssm.deter=512), applied in order.',
+        "A key with regex characters sets every key it fully matches: --'.*\\.units' 512.",
+        'Lists take several values or a comma-separated string; bools are True or False.',
+        '',
+        f'Keys and values{applied}:',
     ]
     for key, value in flat.items():
         lines.append(f'  --{key.ljust(width)}{_fmt(value)}')
@@ -602,8 +598,7 @@ def _tokenize(argv):
     while i < len(argv):
         token = argv[i]
         if not token.startswith('--') or token == '--':
-            raise ConfigError(
-                    f'unexpected argument {token!r}; give options as --key value or --key=value')
+            raise ConfigError(f'unexpected argument {token!r}; give options as --key value or --key=value')
         body = token[2:]
         if '=' in body:
             key, value = body.split('=', 1)
@@ -621,7 +616,8 @@ def _tokenize(argv):
         if not values:
             if key == 'configs':
                 raise ConfigError(
-                        f'--configs needs at least one name; available: {", ".join(config_names())}')
+                    f'--configs needs at least one name; available: {", ".join(config_names())}'
+                )
             raise ConfigError(f'--{key} needs a value, e.g. --{key}=VALUE')
         items.append((key, values))
     return items
@@ -640,16 +636,28 @@ def parse(argv=None) -> Config:
         names, cfg = (), None
         try:
             rest = [a for a in argv if a not in ('--help', '-h')]
-            names = [n for key, values in _tokenize(rest) if key == 'configs'
-                              for v in values for n in v.split(',') if n]
+            names = [
+                n
+                for key, values in _tokenize(rest)
+                if key == 'configs'
+                for v in values
+                for n in v.split(',')
+                if n
+            ]
             cfg = _apply_blocks(names)
         except ConfigError:
             names, cfg = (), None
         print(help_text(cfg, names))
         raise SystemExit(0)
     items = _tokenize(argv)
-    names = [n.strip() for key, values in items if key == 'configs'
-                      for v in values for n in v.split(',') if n.strip()]
+    names = [
+        n.strip()
+        for key, values in items
+        if key == 'configs'
+        for v in values
+        for n in v.split(',')
+        if n.strip()
+    ]
     cfg = _apply_blocks(names)
     entries = [(key, _Tokens(values)) for key, values in items if key != 'configs']
     flat = _apply(cfg._flat, entries, True, lambda k: '--' + k)
@@ -714,7 +722,9 @@ def check_ranges(cfg: Config) -> None:
             if rule is None:
                 raise AssertionError(f'numeric key {key} has no range in config.RANGES')
             lo, hi, lo_closed, hi_closed = _interval(rule)
-            inside = math.isfinite(v) and (v >= lo if lo_closed else v > lo) and (v <= hi if hi_closed else v < hi)
+            inside = (
+                math.isfinite(v) and (v >= lo if lo_closed else v > lo) and (v <= hi if hi_closed else v < hi)
+            )
             if not inside:
                 kind = 'an integer' if isinstance(v, int) else 'a number'
                 raise ConfigError(f'--{key} {_fmt(v)} is out of range: it must be {kind} in {rule}')
@@ -723,19 +733,29 @@ def check_ranges(cfg: Config) -> None:
         if not ok:
             raise ConfigError(message)
 
-    need(flat['ssm.dt_min'] <= flat['ssm.dt_max'],
-         f'--ssm.dt_min {_fmt(flat["ssm.dt_min"])} is above --ssm.dt_max {_fmt(flat["ssm.dt_max"])}')
-    need(flat['actor.minstd'] <= flat['actor.maxstd'],
-         f'--actor.minstd {_fmt(flat["actor.minstd"])} is above --actor.maxstd {_fmt(flat["actor.maxstd"])}')
-    need(flat['retnorm.perclo'] < flat['retnorm.perchi'],
-         f'--retnorm.perclo {_fmt(flat["retnorm.perclo"])} must be below --retnorm.perchi {_fmt(flat["retnorm.perchi"])}')
-    need(flat['rssm.hidden'] % flat['ssm.n_blocks'] == 0,
-         f'--rssm.hidden {flat["rssm.hidden"]} (SSM state size) must be a multiple of --ssm.n_blocks {flat["ssm.n_blocks"]}')
+    need(
+        flat['ssm.dt_min'] <= flat['ssm.dt_max'],
+        f'--ssm.dt_min {_fmt(flat["ssm.dt_min"])} is above --ssm.dt_max {_fmt(flat["ssm.dt_max"])}',
+    )
+    need(
+        flat['actor.minstd'] <= flat['actor.maxstd'],
+        f'--actor.minstd {_fmt(flat["actor.minstd"])} is above --actor.maxstd {_fmt(flat["actor.maxstd"])}',
+    )
+    need(
+        flat['retnorm.perclo'] < flat['retnorm.perchi'],
+        f'--retnorm.perclo {_fmt(flat["retnorm.perclo"])} must be below --retnorm.perchi {_fmt(flat["retnorm.perchi"])}',
+    )
+    need(
+        flat['rssm.hidden'] % flat['ssm.n_blocks'] == 0,
+        f'--rssm.hidden {flat["rssm.hidden"]} (SSM state size) must be a multiple of --ssm.n_blocks {flat["ssm.n_blocks"]}',
+    )
     per_env = flat['replay_size'] // flat['envs.amount']
-    need(per_env >= flat['batch_length'],
-         f'--replay_size {flat["replay_size"]} holds {per_env} steps per env ({flat["envs.amount"]} envs), fewer than '
-         f'one --batch_length {flat["batch_length"]} window; raise --replay_size to at least '
-         f'{flat["batch_length"] * flat["envs.amount"]}')
+    need(
+        per_env >= flat['batch_length'],
+        f'--replay_size {flat["replay_size"]} holds {per_env} steps per env ({flat["envs.amount"]} envs), fewer than '
+        f'one --batch_length {flat["batch_length"]} window; raise --replay_size to at least '
+        f'{flat["batch_length"] * flat["envs.amount"]}',
+    )
 
 
 def default_logdir(cfg: Config | None = None) -> str:

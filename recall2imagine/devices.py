@@ -1,5 +1,6 @@
 """Precision and devices: the compute dtype of `--jax.precision`, the train / policy devices of
 `--jax.train_devices` / `--jax.policy_devices`, and where the agent's arrays are placed."""
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -25,26 +26,33 @@ def resolve_devices(cfg):
     device, more than one policy device, or a batch size the train devices do not divide.
     """
     from recall2imagine.config import ConfigError
+
     devices = jax.devices()
     available = f"available on {jax.default_backend()}: " + ", ".join(
-        f"{i} ({d.device_kind})" for i, d in enumerate(devices))
+        f"{i} ({d.device_kind})" for i, d in enumerate(devices)
+    )
     for name in ("train_devices", "policy_devices"):
         ids = list(cfg.jax[name])
         bad = [i for i in ids if not 0 <= i < len(devices)]
         if not ids or bad:
-            raise ConfigError(f"--jax.{name} {' '.join(map(str, ids)) or '(empty)'}: no such device; {available}")
+            raise ConfigError(
+                f"--jax.{name} {' '.join(map(str, ids)) or '(empty)'}: no such device; {available}"
+            )
     train_ids, policy_ids = list(cfg.jax.train_devices), list(cfg.jax.policy_devices)
     if len(set(train_ids)) != len(train_ids):
         raise ConfigError(f"--jax.train_devices {' '.join(map(str, train_ids))}: a device is listed twice")
     if len(policy_ids) != 1:
-        raise ConfigError(f"--jax.policy_devices {' '.join(map(str, policy_ids))}: the policy runs on one "
-                          f"device; give one id, e.g. --jax.policy_devices {policy_ids[0]}")
+        raise ConfigError(
+            f"--jax.policy_devices {' '.join(map(str, policy_ids))}: the policy runs on one "
+            f"device; give one id, e.g. --jax.policy_devices {policy_ids[0]}"
+        )
     n, B = len(train_ids), cfg.batch_size
     if B % n:
         raise ConfigError(
             f"--batch_size {B} is not divisible by the {n} train devices (--jax.train_devices "
             f"{' '.join(map(str, train_ids))}): the batch is split along B; set --batch_size to a multiple "
-            f"of {n} (e.g. {-(-B // n) * n})")
+            f"of {n} (e.g. {-(-B // n) * n})"
+        )
     return [devices[i] for i in train_ids], devices[policy_ids[0]]
 
 
@@ -64,7 +72,9 @@ class Placement:
         self.train_devices, self.policy_device = resolve_devices(cfg)
         self.mesh = None
         if len(self.train_devices) == 1:
-            self.state_sharding = self.batch_sharding = jax.sharding.SingleDeviceSharding(self.train_devices[0])
+            self.state_sharding = self.batch_sharding = jax.sharding.SingleDeviceSharding(
+                self.train_devices[0]
+            )
         else:
             self.mesh = jax.sharding.Mesh(np.array(self.train_devices), ("batch",))
             self.state_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
@@ -81,8 +91,10 @@ class Placement:
         """A replay batch {key: [B, T, ...]} split along B over the train devices."""
         B, n = len(batch["is_first"]), len(self.train_devices)
         if B % n:
-            raise ValueError(f"batch size {B} is not divisible by the {n} train devices; "
-                             f"sample a multiple of {n} (--batch_size)")
+            raise ValueError(
+                f"batch size {B} is not divisible by the {n} train devices; "
+                f"sample a multiple of {n} (--batch_size)"
+            )
         return jax.device_put(batch, self.batch_sharding)
 
     def whole(self, tree):

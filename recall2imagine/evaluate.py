@@ -18,6 +18,7 @@ An observation is one env's dict (as the adapters in recall2imagine.envs return 
 the agent's vector (one-hot for discrete actions, [-1, 1] for continuous ones), which those adapters
 accept. The latent state restarts at every `is_first` observation; `policy.reset()` forgets it.
 """
+
 import argparse
 import json
 import pathlib
@@ -52,13 +53,17 @@ def load_agent_state(agent, source):
             ckpt = Checkpointer(source.parent)
             restored = ckpt.load(source, like)
         else:
-            cfg = configlib.Config.load(source / "config.yaml") if (source / "config.yaml").is_file() else None
+            cfg = (
+                configlib.Config.load(source / "config.yaml") if (source / "config.yaml").is_file() else None
+            )
             ckpt = Checkpointer(checkpoint_dir(source, cfg) if cfg is not None else source / "checkpoints")
             restored = ckpt.load_latest(like)
     except CheckpointError as e:
         raise configlib.ConfigError(str(e)) from None
     if not restored:
-        raise configlib.ConfigError(f"no intact checkpoint in {source} (a run's logdir or a checkpoints/ckpt-* folder)")
+        raise configlib.ConfigError(
+            f"no intact checkpoint in {source} (a run's logdir or a checkpoints/ckpt-* folder)"
+        )
     step, tree, _ = restored
     agent.state = tree["agent"]
     return step, ckpt.loaded
@@ -142,11 +147,15 @@ def evaluate(policy, episodes, seed=0, video=False):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="r2i-eval", description="Evaluate a trained agent: " + __doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="r2i-eval", description="Evaluate a trained agent: " + __doc__.split("\n")[0]
+    )
     p.add_argument("logdir", help="a training run's logdir (config.yaml + checkpoints)")
     p.add_argument("--episodes", type=int, default=10)
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--greedy", dest="greedy", action="store_true", default=True, help="the policy's mode (default)")
+    mode.add_argument(
+        "--greedy", dest="greedy", action="store_true", default=True, help="the policy's mode (default)"
+    )
     mode.add_argument("--sample", dest="greedy", action="store_false", help="sample actions as in training")
     p.add_argument("--video", action="store_true", help="GIF of the first episode (image tasks)")
     p.add_argument("--seed", type=int, default=0, help="seed of the evaluation env and the policy's samples")
@@ -161,22 +170,40 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     logdir = pathlib.Path(args.logdir).expanduser()
-    row = dict(step=policy.step, episodes=len(returns), mode="greedy" if args.greedy else "sample",
-               seed=args.seed, mean=float(np.mean(returns)), std=float(np.std(returns)),
-               returns=[float(r) for r in returns], lengths=[int(n) for n in lengths], time=time.time())
+    row = dict(
+        step=policy.step,
+        episodes=len(returns),
+        mode="greedy" if args.greedy else "sample",
+        seed=args.seed,
+        mean=float(np.mean(returns)),
+        std=float(np.std(returns)),
+        returns=[float(r) for r in returns],
+        lengths=[int(n) for n in lengths],
+        time=time.time(),
+    )
     with open(logdir / "eval.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
-    print(f"{logdir} at step {policy.step}, {row['mode']}: return {row['mean']:.3f} +- {row['std']:.3f} over "
-          f"{len(returns)} episodes (min {min(returns):.3f}, max {max(returns):.3f}; {time.time() - start:.0f} s); "
-          f"appended to {logdir / 'eval.jsonl'}")
+    print(
+        f"{logdir} at step {policy.step}, {row['mode']}: return {row['mean']:.3f} +- {row['std']:.3f} over "
+        f"{len(returns)} episodes (min {min(returns):.3f}, max {max(returns):.3f}; {time.time() - start:.0f} s); "
+        f"appended to {logdir / 'eval.jsonl'}"
+    )
     if args.video:
         if frames:
             from recall2imagine.report import save_video
+
             frames = np.asarray(frames, np.uint8)
             frames = np.repeat(frames, 3, -1) if frames.shape[-1] == 1 else frames[..., :3]
             (logdir / "videos").mkdir(exist_ok=True)
-            path = save_video(None, "evaluate", logdir / "videos" / f"evaluate_{policy.step}.gif", policy.step,
-                              frames, fps=16, scale=2 if frames.shape[1] <= 64 else 1)
+            path = save_video(
+                None,
+                "evaluate",
+                logdir / "videos" / f"evaluate_{policy.step}.gif",
+                policy.step,
+                frames,
+                fps=16,
+                scale=2 if frames.shape[1] <= 64 else 1,
+            )
             print(f"video: {path}")
         else:
             print("no video: the task has no image observations", file=sys.stderr)

@@ -39,7 +39,8 @@ def check_outputs(outputs) -> tuple[str, ...]:
     unknown = [o for o in outputs if o not in _OUTPUTS]
     if unknown:
         raise ValueError(
-            f'unknown logger {", ".join(map(repr, unknown))} in --run.loggers; valid: {", ".join(LOGGERS)}')
+            f'unknown logger {", ".join(map(repr, unknown))} in --run.loggers; valid: {", ".join(LOGGERS)}'
+        )
     return outputs
 
 
@@ -91,8 +92,15 @@ class Logger:
     the other outputs go on.
     """
 
-    def __init__(self, logdir, outputs=('jsonl', 'console'), wandb_name: str = '', config=None,
-                 console=None, resume_step: int | None = None):
+    def __init__(
+        self,
+        logdir,
+        outputs=('jsonl', 'console'),
+        wandb_name: str = '',
+        config=None,
+        console=None,
+        resume_step: int | None = None,
+    ):
         """resume_step: the step of the checkpoint a run resumed from. Rows logged after it (by the
         segment that crashed or was killed after its last checkpoint) are dropped from the jsonl
         files, kept in `<name>.<n>.bak`, and TensorBoard purges them, so the logged step never
@@ -123,6 +131,7 @@ class Logger:
         tb_dir = os.path.join(self.logdir, 'tb')
         try:
             from tensorboardX import SummaryWriter
+
             purge = None if self.resume_step is None else int(self.resume_step) + 1
             self._tb = SummaryWriter(tb_dir, flush_secs=30, purge_step=purge)
             self.tb_dir = tb_dir
@@ -135,10 +144,16 @@ class Logger:
         os.environ.setdefault('WANDB_DIR', self.logdir)
         try:
             import wandb  # lazily: only runs that ask for W&B pay for the import
+
             os.makedirs(os.environ['WANDB_DIR'], exist_ok=True)
             settings = wandb.Settings(console='off', quiet=True, x_disable_stats=True)
-            run = wandb.init(project=os.environ.get('WANDB_PROJECT', 'recall2imagine'), name=name,
-                             config=dict(config or {}), dir=os.environ['WANDB_DIR'], settings=settings)
+            run = wandb.init(
+                project=os.environ.get('WANDB_PROJECT', 'recall2imagine'),
+                name=name,
+                config=dict(config or {}),
+                dir=os.environ['WANDB_DIR'],
+                settings=settings,
+            )
             self._wandb = run
             self.wandb_dir = os.path.dirname(run.dir.rstrip(os.sep)) if run.dir else os.environ['WANDB_DIR']
             mode = getattr(run.settings, 'mode', None) or os.environ.get('WANDB_MODE')
@@ -172,7 +187,12 @@ class Logger:
         """One line per finished episode in scores.jsonl, written at once (survives a crash)."""
         if 'jsonl' in self.outputs:
             f = self._file('scores.jsonl')
-            f.write(json.dumps({'step': int(step), f'{prefix}/score': float(score), f'{prefix}/length': int(length)}) + '\n')
+            f.write(
+                json.dumps(
+                    {'step': int(step), f'{prefix}/score': float(score), f'{prefix}/length': int(length)}
+                )
+                + '\n'
+            )
             f.flush()
 
     def _file(self, name):
@@ -234,8 +254,9 @@ class Logger:
 
                 width, height = Image.open(io.BytesIO(data)).size
                 image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=data)
-                self._tb._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=name, image=image)]),
-                                                        int(step))
+                self._tb._get_file_writer().add_summary(
+                    Summary(value=[Summary.Value(tag=name, image=image)]), int(step)
+                )
                 self._tb.flush()
             except Exception as e:  # noqa: BLE001
                 warn(f'TensorBoard {kind.lower()} {name} not written ({_one_line(e)})')
@@ -324,8 +345,9 @@ class Progress:
     Logger lines are the progress there. `update` is cheap enough to call every env step.
     """
 
-    def __init__(self, total: int, stream=None, interval: float = 0.5, window: float = 10.0,
-                 clock=time.monotonic):
+    def __init__(
+        self, total: int, stream=None, interval: float = 0.5, window: float = 10.0, clock=time.monotonic
+    ):
         self.total = int(total)
         self.stream = sys.stdout if stream is None else stream
         self.interval = float(interval)
@@ -365,11 +387,13 @@ class Progress:
             values = list(recent_return)
             recent_return = float(np.mean(values)) if values else None
         pct = f' ({100 * step / self.total:.0f}%)' if self.total > 0 else ''
-        parts = [f'step {int(step):,}/{self.total:,}{pct}',
-                 f'{fps:,.0f} fps' if math.isfinite(fps) else '- fps',
-                 f'{ups:.2f} upd/s' if math.isfinite(ups) else '- upd/s',
-                 f'return {recent_return:.3f}' if recent_return is not None else 'return -',
-                 f'ETA {_duration((self.total - step) / fps) if fps > 0 else "?"}']
+        parts = [
+            f'step {int(step):,}/{self.total:,}{pct}',
+            f'{fps:,.0f} fps' if math.isfinite(fps) else '- fps',
+            f'{ups:.2f} upd/s' if math.isfinite(ups) else '- upd/s',
+            f'return {recent_return:.3f}' if recent_return is not None else 'return -',
+            f'ETA {_duration((self.total - step) / fps) if fps > 0 else "?"}',
+        ]
         return ' | '.join(parts)
 
     def _draw(self, text: str) -> None:

@@ -4,6 +4,7 @@ and one step that skips non-finite updates (with dynamic loss scaling in float16
 DreamerV3 / R2I (paper appendix): each of the world model, actor and critic has its own optimiser;
 the S5 parameters of the sequence model can get their own learning rate (`model_opt.ssm_lr`).
 """
+
 from typing import Any, NamedTuple
 
 import jax
@@ -15,6 +16,7 @@ SSM_LEAVES = ("Lambda_re", "Lambda_im", "B", "C", "D", "log_step")
 
 class Step(NamedTuple):
     """What one `optimize` call returns."""
+
     params: Any
     opt_state: Any
     scale: jax.Array  # [] loss scale after this step
@@ -33,6 +35,7 @@ def optimize(opt, loss_fn, params, opt_state, scale, good, fp16) -> Step:
     halved, after 1000 finite steps in a row it doubles (clipped to [1e-4, 1e4]).
     """
     if fp16:
+
         def scaled(p):
             loss, aux = loss_fn(p)
             return loss * scale, (loss, aux)
@@ -70,6 +73,7 @@ def clip_by_global_norm(max_norm):
         norm = global_norm(updates)
         factor = jnp.where(norm < max_norm, 1.0, max_norm / norm)
         return jax.tree.map(lambda g: (g * factor).astype(g.dtype), updates), state
+
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
@@ -90,9 +94,11 @@ def _leaf_name(path):
 def param_labels(tree):
     """'ssm' for the S5 leaves inside the sequence model (their own learning rate, `model_opt.ssm_lr`),
     'rest' otherwise."""
+
     def label(path, _):
         names = [str(getattr(p, "name", getattr(p, "key", p))) for p in path]
         return "ssm" if "stack" in names and _leaf_name(path) in SSM_LEAVES else "rest"
+
     return jax.tree_util.tree_map_with_path(label, tree)
 
 

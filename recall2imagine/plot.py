@@ -7,6 +7,7 @@ come from `scores.jsonl`, one line per episode, where the run wrote one). Runs t
 a label (by default the directory's parent name when several seeds sit side by side, else the
 directory name) are drawn as the mean over runs with a min-max band.
 """
+
 import argparse
 import json
 import pathlib
@@ -51,6 +52,7 @@ def smooth(values, window):
 
 def plot(runs, labels, out, metric="episode/score", window=20, title=None, hline=None):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

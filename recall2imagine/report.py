@@ -7,6 +7,7 @@ recorded actions, then writes
   <outdir>/openloop_<key>_<step>.png   truth vs model over time per dimension (vectors, reward)
 and hands the same to TensorBoard / W&B through `logger.video` / `logger.image`.
 """
+
 from __future__ import annotations
 
 import io
@@ -33,7 +34,9 @@ def video_grid(truth, model, context=None):
     left untouched: Memory Maze draws the target colour as a border in the image)."""
     truth, model = np.asarray(truth, np.uint8), np.asarray(model, np.uint8)
     if truth.shape != model.shape or truth.ndim != 5:
-        raise ValueError(f'video_grid needs two [B, T, H, W, C] arrays of one shape, got {truth.shape}, {model.shape}')
+        raise ValueError(
+            f'video_grid needs two [B, T, H, W, C] arrays of one shape, got {truth.shape}, {model.shape}'
+        )
     if truth.shape[-1] == 1:
         truth, model = np.repeat(truth, 3, -1), np.repeat(model, 3, -1)
     elif truth.shape[-1] != 3:  # several stacked images: show the first three channels
@@ -57,7 +60,9 @@ def encode_gif(frames, fps=10, scale=1):
         frames = frames.repeat(scale, 1).repeat(scale, 2)
     images = [Image.fromarray(f) for f in frames]
     buf = io.BytesIO()
-    images[0].save(buf, format='GIF', save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    images[0].save(
+        buf, format='GIF', save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0
+    )
     return buf.getvalue()
 
 
@@ -72,9 +77,9 @@ def frame_strip(truth, model, context, count=12):
     out = np.full((2 * H + 2 + BAR, len(steps) * (W + 2), 3), 255, np.uint8)
     for i, t in enumerate(steps):
         x = i * (W + 2)
-        out[:H, x:x + W] = truth[t]
-        out[H + 2:2 * H + 2, x:x + W] = model[t]
-        out[2 * H + 2:, x:x + W] = colors[t]
+        out[:H, x : x + W] = truth[t]
+        out[H + 2 : 2 * H + 2, x : x + W] = model[t]
+        out[2 * H + 2 :, x : x + W] = colors[t]
     return out, steps
 
 
@@ -116,23 +121,30 @@ def openloop_report(agent, batch, key, context, outdir, step, logger=None, seque
     for name, (truth, model) in preds.items():
         is_image = truth.ndim == 5 and truth.dtype == np.uint8
         scale = 255.0 if is_image else 1.0
-        err = np.square(truth[:, context:].astype(np.float32) / scale - model[:, context:].astype(np.float32) / scale)
+        err = np.square(
+            truth[:, context:].astype(np.float32) / scale - model[:, context:].astype(np.float32) / scale
+        )
         if logger is not None:
             logger.add({f'openloop/{name}_mse': float(err.mean())})
         if is_image:
             frames = video_grid(truth, model, context)
             path = os.path.join(outdir, f'openloop_{name}_{step}.gif')
-            save_video(logger, f'openloop/{name}', path, step, frames, scale=2 if frames.shape[1] <= 128 else 1)
+            save_video(
+                logger, f'openloop/{name}', path, step, frames, scale=2 if frames.shape[1] <= 128 else 1
+            )
             from PIL import Image
 
             strip, _ = frame_strip(truth[0], model[0], context)
             Image.fromarray(strip).resize((strip.shape[1] * 2, strip.shape[0] * 2), Image.NEAREST).save(
-                os.path.join(outdir, f'openloop_{name}_{step}_strip.png'))
+                os.path.join(outdir, f'openloop_{name}_{step}_strip.png')
+            )
         else:
             if name == 'reward':
                 truth, model = truth[..., None], model[..., None]
             path = os.path.join(outdir, f'openloop_{name}_{step}.png')
-            png = plot_vectors(path, truth, model, context, title=f'{name}: open-loop prediction after {context} steps')
+            png = plot_vectors(
+                path, truth, model, context, title=f'{name}: open-loop prediction after {context} steps'
+            )
             if logger is not None:
                 logger.image(f'openloop/{name}', png, path, step)
         files[name] = path
@@ -146,8 +158,9 @@ def write_episode_video(logger, outdir, step, frames, fps=16):
     if frames.shape[-1] == 1:
         frames = np.repeat(frames, 3, -1)
     path = os.path.join(str(outdir), f'eval_{step}.gif')
-    return save_video(logger, 'eval/episode', path, step, frames[..., :3], fps=fps,
-                      scale=2 if frames.shape[1] <= 64 else 1)
+    return save_video(
+        logger, 'eval/episode', path, step, frames[..., :3], fps=fps, scale=2 if frames.shape[1] <= 64 else 1
+    )
 
 
 def save_video(logger, name, path, step, frames, fps=10, scale=1):

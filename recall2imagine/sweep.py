@@ -13,6 +13,7 @@ experiment (bsuite_score.py; `summary_bsuite.csv` has it per experiment and sett
 
   python -m recall2imagine.sweep --summarize ~/logdir/sweep    # rewrite the summary only
 """
+
 import argparse
 import concurrent.futures
 import csv
@@ -70,8 +71,20 @@ def _run_one(job, stop):
     if stop["now"]:  # picked up from the queue after Ctrl-C
         return "not started"
     directory.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "recall2imagine.train", "--configs", *job["configs"], "--task", job["task"],
-           "--seed", str(job["seed"]), "--logdir", str(directory), *job["extra"]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "recall2imagine.train",
+        "--configs",
+        *job["configs"],
+        "--task",
+        job["task"],
+        "--seed",
+        str(job["seed"]),
+        "--logdir",
+        str(directory),
+        *job["extra"],
+    ]
     with open(directory / "sweep.log", "a") as log:
         log.write(f"\n$ {' '.join(cmd)}\n")
         log.flush()
@@ -98,15 +111,23 @@ def _is_bsuite(task):
 
 
 def _bsuite_id(task):
-    return task[len("bsuite:"):] if task.startswith("bsuite:") else task[len("dm_bsuite_"):]
+    return task[len("bsuite:") :] if task.startswith("bsuite:") else task[len("dm_bsuite_") :]
 
 
 def summarise(root, jobs, statuses, last):
     rows = []
     for job, status in zip(jobs, statuses):
         score, episodes = final_return(job["dir"], last)
-        rows.append(dict(task=job["task"], seed=job["seed"], score=score, episodes=episodes, status=status,
-                         logdir=str(job["dir"])))
+        rows.append(
+            dict(
+                task=job["task"],
+                seed=job["seed"],
+                score=score,
+                episodes=episodes,
+                status=status,
+                logdir=str(job["dir"]),
+            )
+        )
     root = pathlib.Path(root)
     bsuite_jobs = [job for job in jobs if _is_bsuite(job["task"])]
     bsuite = None
@@ -116,30 +137,45 @@ def summarise(root, jobs, statuses, last):
         try:
             bsuite = bsuite_score.score([(job["seed"], job["dir"]) for job in bsuite_jobs])
         except Exception as e:  # a broken log must not cost the rest of the summary
-            bsuite = dict(experiments=[], settings=[], runs=[], notes=[],
-                          error=f"bsuite score failed: {type(e).__name__}: {e}")
+            bsuite = dict(
+                experiments=[],
+                settings=[],
+                runs=[],
+                notes=[],
+                error=f"bsuite score failed: {type(e).__name__}: {e}",
+            )
         per_run = {(r["bsuite_id"], r["seed"]): r for r in bsuite["runs"]}
         for job, row in zip(jobs, rows):
             r = per_run.get((_bsuite_id(job["task"]), job["seed"]), {}) if _is_bsuite(job["task"]) else {}
-            row.update(bsuite_episodes=r.get("episodes", ""), bsuite_setting_score=r.get("setting_score", ""),
-                       bsuite_success_final=r.get("success_final", ""))
+            row.update(
+                bsuite_episodes=r.get("episodes", ""),
+                bsuite_setting_score=r.get("setting_score", ""),
+                bsuite_success_final=r.get("success_final", ""),
+            )
         bsuite_score.write_csv(bsuite, root / "summary_bsuite.csv")
         bsuite_score.plot_memory(bsuite, root / "summary_memory.png")  # success vs memory length
     with open(root / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    lines = [f"| task | seed | mean return (last {last} episodes) | episodes | status |", "|---|---:|---:|---:|---|"]
-    lines += [f"| {r['task']} | {r['seed']} | {r['score']:.3f} | {r['episodes']} | {r['status']} |" for r in rows]
+    lines = [
+        f"| task | seed | mean return (last {last} episodes) | episodes | status |",
+        "|---|---:|---:|---:|---|",
+    ]
+    lines += [
+        f"| {r['task']} | {r['seed']} | {r['score']:.3f} | {r['episodes']} | {r['status']} |" for r in rows
+    ]
     by_task = {}
     for r in rows:
         by_task.setdefault(r["task"], []).append(r["score"])
     lines += ["", "| task | seeds | mean | min | max |", "|---|---:|---:|---:|---:|"]
     for task, scores in by_task.items():
         s = np.asarray(scores, float)
-        lines.append(f"| {task} | {len(s)} | {np.nanmean(s) if np.isfinite(s).any() else float('nan'):.3f} | "
-                     f"{np.nanmin(s) if np.isfinite(s).any() else float('nan'):.3f} | "
-                     f"{np.nanmax(s) if np.isfinite(s).any() else float('nan'):.3f} |")
+        lines.append(
+            f"| {task} | {len(s)} | {np.nanmean(s) if np.isfinite(s).any() else float('nan'):.3f} | "
+            f"{np.nanmin(s) if np.isfinite(s).any() else float('nan'):.3f} | "
+            f"{np.nanmax(s) if np.isfinite(s).any() else float('nan'):.3f} |"
+        )
     if bsuite is not None:
         lines += [""] + bsuite_score.markdown(bsuite)
     (root / "summary.md").write_text("\n".join(lines) + "\n")
@@ -168,8 +204,9 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=2, help="runs in parallel")
     p.add_argument("--logdir")
     p.add_argument("--last", type=int, default=50, help="episodes averaged for the final return")
-    p.add_argument("--summarize", metavar="DIR",
-                   help="only rewrite the summary of the sweep in DIR (no training)")
+    p.add_argument(
+        "--summarize", metavar="DIR", help="only rewrite the summary of the sweep in DIR (no training)"
+    )
     args, extra = p.parse_known_args(argv)
     if args.summarize:
         jobs = existing_jobs(args.summarize)
@@ -187,11 +224,17 @@ def main(argv=None):
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    jobs = [dict(task=t, seed=s, configs=args.configs, extra=extra, dir=run_dir(args.logdir, t, s))
-            for t in tasks for s in range(args.seeds)]
+    jobs = [
+        dict(task=t, seed=s, configs=args.configs, extra=extra, dir=run_dir(args.logdir, t, s))
+        for t in tasks
+        for s in range(args.seeds)
+    ]
     pathlib.Path(args.logdir).mkdir(parents=True, exist_ok=True)
-    print(f"sweep: {len(jobs)} runs ({len(tasks)} tasks x {args.seeds} seeds), {args.workers} at a time, "
-          f"in {args.logdir}", flush=True)
+    print(
+        f"sweep: {len(jobs)} runs ({len(tasks)} tasks x {args.seeds} seeds), {args.workers} at a time, "
+        f"in {args.logdir}",
+        flush=True,
+    )
     stop = {"now": False}
     statuses = ["not started"] * len(jobs)
     # Ctrl-C and SIGTERM both stop the runs cleanly. Installed explicitly: a sweep started in the
@@ -207,8 +250,10 @@ def main(argv=None):
             print(f"  {jobs[i]['task']} seed {jobs[i]['seed']}: {statuses[i]}", flush=True)
     except KeyboardInterrupt:
         stop["now"] = True
-        print("\ninterrupted: stopping runs (each saves a checkpoint); run the same command to continue",
-              flush=True)
+        print(
+            "\ninterrupted: stopping runs (each saves a checkpoint); run the same command to continue",
+            flush=True,
+        )
         running = [(future, i) for future, i in futures.items() if not future.cancel()]
         for future, i in running:
             statuses[i] = future.result()

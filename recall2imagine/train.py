@@ -6,6 +6,7 @@
 Flow (recall2imagine/trainer.py): envs -> driver -> replay -> agent.train (world model, imagination,
 actor-critic) -> logger. This module parses the command line, picks the JAX platform and handles signals.
 """
+
 import os
 import pathlib
 import re
@@ -22,6 +23,7 @@ from recall2imagine import config as configlib
 def setup_jax(cfg):
     """Pick the platform before JAX initialises its backends."""
     import jax
+
     platform = cfg.jax.platform
     if platform not in ("auto", "cpu", "gpu"):
         raise configlib.ConfigError(f"--jax.platform must be auto, cpu or gpu, got {platform!r}")
@@ -34,14 +36,18 @@ def setup_jax(cfg):
         backend = jax.default_backend()
     except RuntimeError as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise configlib.ConfigError(f"--jax.platform {platform}: not available here ({reason}); "
-                                    f"use --jax.platform cpu")
+        raise configlib.ConfigError(
+            f"--jax.platform {platform}: not available here ({reason}); use --jax.platform cpu"
+        )
     from recall2imagine.devices import resolve_devices, resolve_precision
+
     try:
         resolve_precision(cfg.jax.precision)
     except ValueError as e:
         raise configlib.ConfigError(f"--{e}")
-    resolve_devices(cfg)  # device ids exist, one policy device, batch_size divisible: fail before the envs start
+    resolve_devices(
+        cfg
+    )  # device ids exist, one policy device, batch_size divisible: fail before the envs start
     return backend
 
 
@@ -55,8 +61,9 @@ def check_logdir(cfg):
         probe.unlink()
     except OSError as e:
         reason = e.strerror or type(e).__name__
-        raise configlib.ConfigError(f"--logdir {logdir} cannot be created or written ({reason}); "
-                                    f"choose a writable folder") from None
+        raise configlib.ConfigError(
+            f"--logdir {logdir} cannot be created or written ({reason}); choose a writable folder"
+        ) from None
 
 
 def run(cfg):
@@ -100,9 +107,12 @@ def main(argv=None):
             raise
         need = re.search(r"allocating (\d+) bytes", text)
         need = f" (one buffer of {int(need.group(1)) / 2**30:.1f} GiB)" if need else ""
-        print(f"error: out of memory on the device{need}: lower --batch_size / --batch_length, "
-              f"--imag_starts or the model size (e.g. --configs ... cpu / mmaze_small), or use a larger device; "
-              f"the last checkpoint is kept", file=sys.stderr)
+        print(
+            f"error: out of memory on the device{need}: lower --batch_size / --batch_length, "
+            f"--imag_starts or the model size (e.g. --configs ... cpu / mmaze_small), or use a larger device; "
+            f"the last checkpoint is kept",
+            file=sys.stderr,
+        )
         return 3
     finally:
         for sig, handler in previous.items():

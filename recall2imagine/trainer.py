@@ -2,6 +2,7 @@
 evaluation episodes and open-loop reports. `recall2imagine.train` parses the command line and
 runs `Trainer(cfg, backend).run()`.
 """
+
 import collections
 import json
 import pathlib
@@ -30,6 +31,7 @@ def random_policy(act_space, rng):
         else:
             action = rng.uniform(-1, 1, (n, act_space.n)).astype(np.float32)
         return {"action": action}, state
+
     return policy
 
 
@@ -49,12 +51,14 @@ def env_factory(cfg):
         raise configlib.ConfigError(f"--envs.parallel must be none or process, got {cfg.envs.parallel!r}")
     if parse_task(cfg.task)[0] == "memory_maze":  # refuse before swapping or an OOM kill
         from recall2imagine.envs.memory_maze import check_memory
+
         try:
             check_memory(cfg.envs.amount + (cfg.run.eval_eps > 0))
         except MemoryError as e:
             raise configlib.ConfigError(str(e)) from None
     if cfg.envs.parallel == "process":  # each env in its own worker process, stepped concurrently
         from recall2imagine.envs.parallel import ProcessEnv
+
         return ProcessEnv
     return make_env
 
@@ -70,8 +74,10 @@ def window_warning(batch_length, horizon):
     k, what = horizon
     if batch_length >= 2 * k:
         return None
-    start = (f"--batch_length {batch_length} is under 2x this task's memory horizon of {k} steps (it {what}): "
-             f"a replayed window starts from the initial state, so")
+    start = (
+        f"--batch_length {batch_length} is under 2x this task's memory horizon of {k} steps (it {what}): "
+        f"a replayed window starts from the initial state, so"
+    )
     if batch_length <= k:
         seen = f"no position in it sees {k} steps back (nothing older than {batch_length - 1} steps can be learned)"
     else:
@@ -98,7 +104,9 @@ class Trainer:
 
     def __init__(self, cfg, backend, should_stop=lambda: False):
         # jsonl always; W&B also when a run name is given
-        outputs = check_outputs(dict.fromkeys(("jsonl", *cfg.run.loggers, *(("wandb",) if cfg.wdb_name else ()))))
+        outputs = check_outputs(
+            dict.fromkeys(("jsonl", *cfg.run.loggers, *(("wandb",) if cfg.wdb_name else ())))
+        )
         new_env = env_factory(cfg)
         self.logdir = logdir = pathlib.Path(cfg.logdir or configlib.default_logdir(cfg)).expanduser()
         logdir.mkdir(parents=True, exist_ok=True)
@@ -116,14 +124,27 @@ class Trainer:
         try:
             options = env_options(cfg)
             for i in range(cfg.envs.amount):
-                self.envs.append(new_env(cfg.task, seed=cfg.seed * 1000 + i,
-                                         bsuite_logdir=bsuite_dir if i == 0 else None, **options))
+                self.envs.append(
+                    new_env(
+                        cfg.task,
+                        seed=cfg.seed * 1000 + i,
+                        bsuite_logdir=bsuite_dir if i == 0 else None,
+                        **options,
+                    )
+                )
             if cfg.run.eval_eps > 0:
                 self.eval_env = new_env(cfg.task, seed=cfg.seed * 1000 + 999, **options)
             self.act_space = self.envs[0].act_space
-            self.replay = make_replay(cfg.replay, cfg.replay_size, len(self.envs), seed=cfg.seed,
-                                      directory=cfg.replay_dir or logdir / "replay",
-                                      use_lfs=cfg.use_lfs, lfs_dir=cfg.lfs_dir, chunk=cfg.batch_length)
+            self.replay = make_replay(
+                cfg.replay,
+                cfg.replay_size,
+                len(self.envs),
+                seed=cfg.seed,
+                directory=cfg.replay_dir or logdir / "replay",
+                use_lfs=cfg.use_lfs,
+                lfs_dir=cfg.lfs_dir,
+                chunk=cfg.batch_length,
+            )
         except BaseException:
             self._close_envs()
             raise
@@ -139,7 +160,9 @@ class Trainer:
         logdir = self.logdir
         self.agent = Agent(cfg, self.envs[0].obs_space, self.act_space, jax.random.PRNGKey(cfg.seed))
         self.driver = Driver(self.envs)
-        self.progress = Progress(cfg.run.steps, sys.stdout)  # live status line on a terminal, silent otherwise
+        self.progress = Progress(
+            cfg.run.steps, sys.stdout
+        )  # live status line on a terminal, silent otherwise
         self.rng = np.random.default_rng(cfg.seed)
         self.key = jax.random.PRNGKey(cfg.seed + 1)
         self.counters = dict(step=0, updates=0, owed=0.0)
@@ -150,15 +173,21 @@ class Trainer:
         durable = getattr(self.replay, "lfs_dir", None)
         self.ckpt = Checkpointer((durable or logdir) / "checkpoints", keep=cfg.run.keep_checkpoints)
         # the config without run.*, as meta.json holds it (tuples as lists); the same hash as before
-        self.model_config = json.loads(json.dumps(
-            {k: v for k, v in cfg.flat().items() if not k.startswith("run.")}, default=str))
+        self.model_config = json.loads(
+            json.dumps({k: v for k, v in cfg.flat().items() if not k.startswith("run.")}, default=str)
+        )
         self.config_hash = config_hash(self.model_config)
         self.resume()
         continued = self.continue_from_durable_replay()
         # after a resume, what the logs hold beyond the resumed step is dropped: steps never go back
-        self.logger = Logger(logdir, outputs + ("console",), wandb_name=cfg.wdb_name, config=cfg.to_dict(),
-                             console=self.progress.println,
-                             resume_step=self.counters["step"] if self.ckpt.loaded or continued else None)
+        self.logger = Logger(
+            logdir,
+            outputs + ("console",),
+            wandb_name=cfg.wdb_name,
+            config=cfg.to_dict(),
+            console=self.progress.println,
+            resume_step=self.counters["step"] if self.ckpt.loaded or continued else None,
+        )
         self.counters.setdefault("next_report", cfg.run.report_every)
         self.counters.setdefault("next_eval", cfg.run.eval_every)
         self.batch_steps = cfg.batch_size * cfg.batch_length
@@ -179,16 +208,21 @@ class Trainer:
         if not restored:
             if self.cfg.run.from_checkpoint:  # a new run from another run's agent
                 from recall2imagine.evaluate import load_agent_state
+
                 step, folder = load_agent_state(self.agent, self.cfg.run.from_checkpoint)
-                print(f"starting from the agent of {folder} (its step {step}); counters and replay start anew",
-                      flush=True)
+                print(
+                    f"starting from the agent of {folder} (its step {step}); counters and replay start anew",
+                    flush=True,
+                )
             return
         _, tree, meta = restored
         self.agent.state, self.key = tree["agent"], tree["key"]  # the setter places it on the train devices
         self.counters.update(meta["counters"])
         self.rng.bit_generator.state = meta["np_rng"]
-        print(f"resumed from {self.ckpt.loaded} at step {self.counters['step']} ({len(self.replay)} replay steps)",
-              flush=True)
+        print(
+            f"resumed from {self.ckpt.loaded} at step {self.counters['step']} ({len(self.replay)} replay steps)",
+            flush=True,
+        )
         if meta.get("config_hash") != self.config_hash:
             changes = config_changes(meta.get("config"), self.model_config)
             warn(f"the config differs from the checkpoint's{changes}; continuing with the new one")
@@ -199,22 +233,38 @@ class Trainer:
         durable = getattr(self.replay, "durable_steps", None)
         if durable is None or durable <= self.counters["step"]:
             return False
-        print(f"the durable replay holds {durable - self.counters['step']:,} env steps after "
-              f"{'the checkpoint' if self.ckpt.loaded else 'step 0'}; the env-step counter continues from "
-              f"{durable:,}", flush=True)
+        print(
+            f"the durable replay holds {durable - self.counters['step']:,} env steps after "
+            f"{'the checkpoint' if self.ckpt.loaded else 'step 0'}; the env-step counter continues from "
+            f"{durable:,}",
+            flush=True,
+        )
         self.counters["step"] = durable
         return True
 
     def save_checkpoint(self):
-        meta = dict(counters=dict(self.counters), np_rng=self.rng.bit_generator.state,
-                    config_hash=self.config_hash, config=self.model_config, replay=self.replay.info())
+        meta = dict(
+            counters=dict(self.counters),
+            np_rng=self.rng.bit_generator.state,
+            config_hash=self.config_hash,
+            config=self.model_config,
+            replay=self.replay.info(),
+        )
         start = time.perf_counter()
         try:
-            folder = self.ckpt.save(self.counters["step"], {"agent": self.agent.state, "key": self.key}, meta,
-                                    extra=self.replay.save)
-            self.logger.add({"checkpoint/seconds": time.perf_counter() - start,
-                             "checkpoint/bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
-                             "checkpoint/dir_bytes": self.ckpt.bytes()})
+            folder = self.ckpt.save(
+                self.counters["step"],
+                {"agent": self.agent.state, "key": self.key},
+                meta,
+                extra=self.replay.save,
+            )
+            self.logger.add(
+                {
+                    "checkpoint/seconds": time.perf_counter() - start,
+                    "checkpoint/bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
+                    "checkpoint/dir_bytes": self.ckpt.bytes(),
+                }
+            )
         except CheckpointError as e:  # e.g. disk full: keep training, keep the older checkpoints
             warn(str(e))
         except RuntimeError as e:  # agent state lost mid-update (a second Ctrl-C): keep the old ones
@@ -229,9 +279,11 @@ class Trainer:
         self.replay.add(tran, workers)
         biggest = np.abs(tran["reward"]).max()
         if self.reward_limit is not None and biggest > self.reward_limit:
-            warn(f"reward {biggest:.4g} is outside the reward head's range "
-                 f"(|r| <= {self.reward_limit:.4g}) and is learned as that; raise --reward_head.bin_max "
-                 f"(symlog space, DreamerV3: 20)")
+            warn(
+                f"reward {biggest:.4g} is outside the reward head's range "
+                f"(|r| <= {self.reward_limit:.4g}) and is learned as that; raise --reward_head.bin_max "
+                f"(symlog space, DreamerV3: 20)"
+            )
             self.reward_limit = None  # once per run
         self.counters["step"] += len(workers)
         self.progress.update(self.counters["step"], self.counters["updates"], self.scores)
@@ -262,12 +314,16 @@ class Trainer:
         """Stops the run without a new checkpoint: the last one holds the last good state."""
         self.no_save = True
         steps = self.ckpt.steps()
-        last = (f"the last good checkpoint is {self.ckpt.path(steps[-1])}" if steps
-                else "no checkpoint was written yet")
+        last = (
+            f"the last good checkpoint is {self.ckpt.path(steps[-1])}"
+            if steps
+            else "no checkpoint was written yet"
+        )
         raise DivergedError(
             f"the last {self.bad_updates} world-model updates had non-finite gradients and were "
             f"skipped (step {self.counters['step']}); {last} and is kept: resume it with a lower "
-            f"--model_opt.lr or --model_opt.clip")
+            f"--model_opt.lr or --model_opt.clip"
+        )
 
     def policy(self, obs, pstate, mode="train"):
         action, pstate = self.agent.policy(obs, pstate, self.next_key(), mode=mode)
@@ -285,9 +341,14 @@ class Trainer:
             self.logger.add({k: float(v) for k, v in metrics.items()}, prefix="train")
         self.pending.clear()
         dt = max(now - self.last["time"], 1e-9)
-        self.logger.add({"fps": (counters["step"] - self.last["step"]) / dt,
-                         "train_steps_per_sec": (counters["updates"] - self.last["updates"]) / dt,
-                         "replay/size": len(self.replay), "train/updates": counters["updates"]})
+        self.logger.add(
+            {
+                "fps": (counters["step"] - self.last["step"]) / dt,
+                "train_steps_per_sec": (counters["updates"] - self.last["updates"]) / dt,
+                "replay/size": len(self.replay),
+                "train/updates": counters["updates"],
+            }
+        )
         self.logger.write(counters["step"])
         self.last.update(time=now, step=counters["step"], updates=counters["updates"])
 
@@ -306,8 +367,12 @@ class Trainer:
 
         driver = Driver([self.eval_env])
         while len(returns) < self.cfg.run.eval_eps:
-            driver(lambda obs, s: self.policy(obs, s, mode="eval"), steps=1, on_step=on_eval_step,
-                   on_episode=on_eval_episode)
+            driver(
+                lambda obs, s: self.policy(obs, s, mode="eval"),
+                steps=1,
+                on_step=on_eval_step,
+                on_episode=on_eval_episode,
+            )
         self.logger.add({"eval/score": float(np.mean(returns)), "eval/length": float(np.mean(lengths))})
         if frames:
             try:
@@ -321,8 +386,15 @@ class Trainer:
         cfg = self.cfg
         try:
             context = min(cfg.run.report_context, cfg.batch_length - 1)
-            openloop_report(self.agent, self.replay.sample(cfg.batch_size, cfg.batch_length), self.next_key(),
-                            context, self.logdir / "videos", self.counters["step"], self.logger)
+            openloop_report(
+                self.agent,
+                self.replay.sample(cfg.batch_size, cfg.batch_length),
+                self.next_key(),
+                context,
+                self.logdir / "videos",
+                self.counters["step"],
+                self.logger,
+            )
         except (OSError, ValueError) as e:  # a report must never stop training
             warn(f"open-loop report skipped ({e})")
         self.counters["next_report"] = self.counters["step"] + cfg.run.report_every
@@ -337,12 +409,20 @@ class Trainer:
         try:
             if len(self.replay) < fill:
                 print(f"prefill {fill - len(self.replay)} steps with a random policy", flush=True)
-                driver(random_policy(self.act_space, self.rng), steps=fill - len(self.replay),
-                       on_step=self.on_step, on_episode=self.on_episode)
+                driver(
+                    random_policy(self.act_space, self.rng),
+                    steps=fill - len(self.replay),
+                    on_step=self.on_step,
+                    on_episode=self.on_episode,
+                )
                 driver.reset_policy_state()  # the agent starts from its initial latent; episodes go on
             while counters["step"] < cfg.run.steps:
-                driver(self.policy, steps=min(len(self.envs) * 16, cfg.run.steps - counters["step"]),
-                       on_step=self.train_on_step, on_episode=self.on_episode)
+                driver(
+                    self.policy,
+                    steps=min(len(self.envs) * 16, cfg.run.steps - counters["step"]),
+                    on_step=self.train_on_step,
+                    on_episode=self.on_episode,
+                )
                 if self.eval_env is not None and counters["step"] >= counters["next_eval"]:
                     self.evaluate()
                 if cfg.run.report_every and counters["step"] >= counters["next_report"]:
@@ -357,9 +437,12 @@ class Trainer:
             self.close()
         mean = float(np.mean(self.scores)) if self.scores else float("nan")
         minutes = (time.time() - start) / 60
-        print(f"{'stopped' if interrupted else 'done'}: {counters['step']} env steps, {counters['updates']} "
-              f"updates, {minutes:.1f} min | mean return over last {len(self.scores)} episodes: {mean:.3f} | "
-              f"logs: {self.logdir}", flush=True)
+        print(
+            f"{'stopped' if interrupted else 'done'}: {counters['step']} env steps, {counters['updates']} "
+            f"updates, {minutes:.1f} min | mean return over last {len(self.scores)} episodes: {mean:.3f} | "
+            f"logs: {self.logdir}",
+            flush=True,
+        )
         print(self.logger.summary(), flush=True)
         return mean
 

@@ -1,6 +1,7 @@
 """Small helpers shared by the trainer, logger, checkpoints and replays: one-line warnings, byte
 sizes, and durable file writes that also work where POSIX-only calls are missing (macOS has no
 `os.fdatasync`, Windows cannot open or fsync a directory)."""
+
 import os
 import pathlib
 import sys

@@ -3,6 +3,7 @@ decoder, reward and continue heads; its loss on replayed windows and open-loop p
 
 `setup` is the agent's `agent.Setup` (config, compute dtype, two-hot bins).
 """
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -33,9 +34,12 @@ class WorldModel(eqx.Module):
         fs = lambda inputs, name: feature_size(inputs, self.rssm.feature_sizes(), name)
         self.decoder = Decoder(cfg, obs_space, fs(cfg.decoder.inputs, "decoder.inputs"), key=ks[2])
         r, c = cfg.reward_head, cfg.cont_head
-        self.reward = MLP(fs(r.inputs, "reward_head.inputs"), r.layers, r.units, r.bins, key=ks[3],
-                          outscale=r.outscale)
-        self.cont = MLP(fs(c.inputs, "cont_head.inputs"), c.layers, c.units, 1, key=ks[4], outscale=c.outscale)
+        self.reward = MLP(
+            fs(r.inputs, "reward_head.inputs"), r.layers, r.units, r.bins, key=ks[3], outscale=r.outscale
+        )
+        self.cont = MLP(
+            fs(c.inputs, "cont_head.inputs"), c.layers, c.units, 1, key=ks[4], outscale=c.outscale
+        )
 
 
 def world_model_loss(wm, batch, key, setup, start=None):
@@ -57,8 +61,9 @@ def world_model_loss(wm, batch, key, setup, start=None):
     feat = lambda inputs: features(post, inputs, dtype)
     losses = dict(wm.decoder.loss(feat(cfg.decoder.inputs), batch))  # vector and/or image
     reward_logits = wm.reward(feat(cfg.reward_head.inputs))
-    losses["reward"] = -dists.twohot_logprob(reward_logits, jnp.asarray(batch["reward"], jnp.float32),
-                                             setup.reward_bins)
+    losses["reward"] = -dists.twohot_logprob(
+        reward_logits, jnp.asarray(batch["reward"], jnp.float32), setup.reward_bins
+    )
     cont_logit = wm.cont(feat(cfg.cont_head.inputs))[..., 0]
     cont = 1.0 - jnp.asarray(batch["is_terminal"], jnp.float32)
     losses["cont"] = -dists.bernoulli_logprob(cont_logit, cont)
@@ -71,12 +76,14 @@ def world_model_loss(wm, batch, key, setup, start=None):
     total = sum(scales[k] * v for k, v in losses.items()).mean()
     metrics = {f"{k}_loss": v.mean() for k, v in losses.items()}
     metrics.update(
-        model_loss=total, kl_dyn=kl_dyn.mean(),
+        model_loss=total,
+        kl_dyn=kl_dyn.mean(),
         prior_ent=dists.categorical_entropy(prior["logit"]).sum(-1).mean(),
         post_ent=dists.categorical_entropy(post["logit"]).sum(-1).mean(),
         reward_max_data=jnp.abs(batch["reward"]).max(),
         reward_max_pred=jnp.abs(dists.twohot_mean(reward_logits, setup.reward_bins)).max(),
-        cont_acc=((cont_logit > 0) == (cont > 0.5)).mean())
+        cont_acc=((cont_logit > 0) == (cont > 0.5)).mean(),
+    )
     return total, (post, metrics)
 
 
@@ -88,20 +95,32 @@ def openloop(wm, batch, key, context, setup):
     k1, k2 = jax.random.split(key)
     obs = jax.tree.map(lambda x: jnp.asarray(x)[:, :context], batch)
     action = jnp.asarray(batch["action"], jnp.float32)  # [B, T, A], chosen after obs t
-    prev_action = jnp.concatenate([jnp.zeros_like(action[:, :1]), action[:, :context - 1]], 1)
-    post, _ = wm.rssm.observe(wm.encoder(obs, dtype), prev_action, jnp.asarray(obs["is_first"]),
-                              wm.rssm.initial((action.shape[0],), dtype), k1)
+    prev_action = jnp.concatenate([jnp.zeros_like(action[:, :1]), action[:, : context - 1]], 1)
+    post, _ = wm.rssm.observe(
+        wm.encoder(obs, dtype),
+        prev_action,
+        jnp.asarray(obs["is_first"]),
+        wm.rssm.initial((action.shape[0],), dtype),
+        k1,
+    )
 
     def step(latent, inp):
         act, k = inp
         latent = wm.rssm.img_step(latent, act, k)
         return latent, latent
 
-    acts = jnp.swapaxes(action[:, context - 1:-1], 0, 1)  # [T - context, B, A]
-    _, imag = jax.lax.scan(step, jax.tree.map(lambda x: x[:, -1], post), (acts, jax.random.split(k2, acts.shape[0])))
+    acts = jnp.swapaxes(action[:, context - 1 : -1], 0, 1)  # [T - context, B, A]
+    _, imag = jax.lax.scan(
+        step, jax.tree.map(lambda x: x[:, -1], post), (acts, jax.random.split(k2, acts.shape[0]))
+    )
     imag = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), imag)  # [B, T - context, ...]
-    seq = {k: jnp.concatenate([post[k], imag[k].astype(post[k].dtype)], 1) for k in ("stoch", "deter", "hidden")
-           if k in post}
+    seq = {
+        k: jnp.concatenate([post[k], imag[k].astype(post[k].dtype)], 1)
+        for k in ("stoch", "deter", "hidden")
+        if k in post
+    }
     pred = wm.decoder.predict(features(seq, cfg.decoder.inputs, dtype))
-    pred["reward"] = dists.twohot_mean(wm.reward(features(seq, cfg.reward_head.inputs, dtype)), setup.reward_bins)
+    pred["reward"] = dists.twohot_mean(
+        wm.reward(features(seq, cfg.reward_head.inputs, dtype)), setup.reward_bins
+    )
     return pred

@@ -1,5 +1,6 @@
 """Shared set-up of the test suite: JAX runs on the CPU in the test process (subprocesses that need
 other settings, e.g. two CPU devices, set their own environment)."""
+
 import jax
 
 jax.config.update("jax_platforms", "cpu")

@@ -2,6 +2,7 @@
 
 Dict observations: a 32 x 24 RGB image and a Box of two floats; a Box action in [-2, 2]. The reward is
 higher when the action is close to the first float; episodes end after 20 steps (truncated)."""
+
 import gymnasium
 import numpy as np
 from gymnasium import spaces
@@ -9,10 +10,12 @@ from gymnasium import spaces
 
 class Target(gymnasium.Env):
     def __init__(self):
-        self.observation_space = spaces.Dict({
-            "camera": spaces.Box(0, 255, (32, 24, 3), np.uint8),
-            "state": spaces.Box(-1.0, 1.0, (2,), np.float32),
-        })
+        self.observation_space = spaces.Dict(
+            {
+                "camera": spaces.Box(0, 255, (32, 24, 3), np.uint8),
+                "state": spaces.Box(-1.0, 1.0, (2,), np.float32),
+            }
+        )
         self.action_space = spaces.Box(-2.0, 2.0, (1,), np.float32)
         self._t, self._state = 0, np.zeros(2, np.float32)
 

@@ -1,4 +1,5 @@
 """Shared builders for the agent tests."""
+
 import jax
 import numpy as np
 
@@ -21,7 +22,8 @@ def random_batch(cfg, env, act_dim, seed=0, resets=True, terminal_rate=0.1):
     batch = {
         "vector": rng.integers(0, 2, (B, T) + env.obs_space["vector"][0]).astype(np.float32),
         "reward": rng.normal(size=(B, T)).astype(np.float32),
-        "is_first": np.zeros((B, T), bool), "is_last": np.zeros((B, T), bool),
+        "is_first": np.zeros((B, T), bool),
+        "is_last": np.zeros((B, T), bool),
         "is_terminal": rng.random((B, T)) < terminal_rate,
         "action": np.eye(act_dim, dtype=np.float32)[rng.integers(0, act_dim, (B, T))],
     }

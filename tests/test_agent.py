@@ -1,4 +1,5 @@
 """The agent against slow references: lambda-returns, the actor-critic update, a train step."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,6 +62,7 @@ def _reference_actor_critic(agent, state, start, start_cont, key):
     import equinox as eqx
     import optax
     from recall2imagine.nets.layers import features
+
     cfg, wm = agent.cfg, state.wm
     K, gamma, lam = cfg.imag_horizon, 1.0 - 1.0 / cfg.horizon, cfg.return_lambda
     f = lambda latent, inputs: features(latent, inputs, jnp.float32)
@@ -70,8 +72,9 @@ def _reference_actor_critic(agent, state, start, start_cont, key):
         acts.append(act(state.actor, lats[-1], k_act, agent.setup))
         lats.append(wm.rssm.img_step(lats[-1], acts[-1], k_img))
     reward = [dists.twohot_mean(wm.reward(f(l, cfg.reward_head.inputs)), agent.reward_bins) for l in lats[1:]]
-    cont = [start_cont] + [(wm.cont(f(l, cfg.cont_head.inputs))[..., 0] > 0).astype(jnp.float32)
-                           for l in lats[1:]]
+    cont = [start_cont] + [
+        (wm.cont(f(l, cfg.cont_head.inputs))[..., 0] > 0).astype(jnp.float32) for l in lats[1:]
+    ]
     value = [dists.twohot_mean(state.critic(f(l, cfg.critic.inputs)), agent.value_bins) for l in lats]
     ret, nxt = [None] * K, value[K]
     for t in reversed(range(K)):
@@ -108,7 +111,10 @@ def _reference_actor_critic(agent, state, start, start_cont, key):
         return total / K * cfg.loss_scales.critic
 
     out = {}
-    for name, loss_fn, opt in (("actor", actor_loss, agent.actor_opt), ("critic", critic_loss, agent.critic_opt)):
+    for name, loss_fn, opt in (
+        ("actor", actor_loss, agent.actor_opt),
+        ("critic", critic_loss, agent.critic_opt),
+    ):
         params = eqx.filter(getattr(state, name), eqx.is_array)
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, _ = opt.update(grads, getattr(state, name + "_opt"), params)
@@ -119,15 +125,25 @@ def _reference_actor_critic(agent, state, start, start_cont, key):
 @pytest.mark.parametrize("actor_vjp_mb", [1024, 0])  # reuse the rollout's actor VJPs / recompute the actor
 def test_actor_critic_update_matches_slow_reference(actor_vjp_mb):
     import equinox as eqx
-    cfg, env, agent = debug_agent("--imag_horizon", "4", "--critic.outscale", "1.0", "--reward_head.outscale", "1.0",
-                                  "--actor_vjp_mb", str(actor_vjp_mb))
+
+    cfg, env, agent = debug_agent(
+        "--imag_horizon",
+        "4",
+        "--critic.outscale",
+        "1.0",
+        "--reward_head.outscale",
+        "1.0",
+        "--actor_vjp_mb",
+        str(actor_vjp_mb),
+    )
     batch = random_batch(cfg, env, agent.act_dim, terminal_rate=0.2)
     agent.train(batch, jax.random.PRNGKey(0))  # trained a little: non-trivial critic and slow critic
     state = agent.state
     N, k = 12, jax.random.split(jax.random.PRNGKey(3), 4)
     start = dict(state.wm.rssm.initial((N,)))
-    start["stoch"] = jax.nn.one_hot(jax.random.randint(k[0], (N, cfg.rssm.stoch), 0, cfg.rssm.classes),
-                                    cfg.rssm.classes)
+    start["stoch"] = jax.nn.one_hot(
+        jax.random.randint(k[0], (N, cfg.rssm.stoch), 0, cfg.rssm.classes), cfg.rssm.classes
+    )
     start["deter"] = jax.random.normal(k[1], start["deter"].shape)
     start["hidden"] = jax.lax.complex(*jax.random.normal(k[2], (2,) + start["hidden"].shape))
     start_cont = (jax.random.uniform(k[3], (N,)) > 0.3).astype(jnp.float32)
@@ -160,6 +176,7 @@ def test_continuous_actions_train_through_the_dynamics():
 
 def test_precision_auto_is_float32_on_cpu():
     from recall2imagine.devices import resolve_precision
+
     _, _, agent = debug_agent("--jax.precision", "auto")
     assert agent.dtype == jnp.float32 and not agent.fp16
     assert resolve_precision("bfloat16") == "bfloat16"

@@ -1,4 +1,5 @@
 """Atari games as `atari:<game>` (the atari extra; skipped without ale-py)."""
+
 import json
 
 import numpy as np
@@ -22,15 +23,32 @@ def test_pong_spaces_and_frames():
 
 
 def test_unknown_game_suggests_a_name(tmp_path, capsys):
-    code = train.main(["--configs", "atari100k", "debug", "--task", "atari:pongg", "--logdir", str(tmp_path / "r")])
+    code = train.main(
+        ["--configs", "atari100k", "debug", "--task", "atari:pongg", "--logdir", str(tmp_path / "r")]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "unknown Atari task 'pongg'; did you mean 'pong'" in err, err
 
 
 def test_pong_debug_run(tmp_path):
     logdir = tmp_path / "run"
-    code = train.main(["--configs", "atari100k", "debug", "--logdir", str(logdir), "--envs.size", "16,16",
-                       "--run.steps", "200", "--run.eval_eps", "0", "--run.report_every", "0"])
+    code = train.main(
+        [
+            "--configs",
+            "atari100k",
+            "debug",
+            "--logdir",
+            str(logdir),
+            "--envs.size",
+            "16,16",
+            "--run.steps",
+            "200",
+            "--run.eval_eps",
+            "0",
+            "--run.report_every",
+            "0",
+        ]
+    )
     assert code == 0
     rows = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("train/image_loss") is not None for r in rows)

@@ -1,4 +1,5 @@
 """benchmarks/train_step.py: image observations at one tiny point, config checks, the targets table."""
+
 import importlib.util
 import pathlib
 import subprocess
@@ -16,14 +17,33 @@ def _module():
 
 
 def _run(*args, timeout=240):
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_image_point_writes_outputs(tmp_path):
     # the debug block keeps the default `.*` cnn keys, so it selects the 64x64x3 image with its CNN
-    out = _run("--configs", "debug", "--obs", "image", "--lengths", "8", "--batch_size", "1", "--repeats", "1",
-               "--warmup", "1", "--cores", "ssm", "--agent", "False", "--out", str(tmp_path))
+    out = _run(
+        "--configs",
+        "debug",
+        "--obs",
+        "image",
+        "--lengths",
+        "8",
+        "--batch_size",
+        "1",
+        "--repeats",
+        "1",
+        "--warmup",
+        "1",
+        "--cores",
+        "ssm",
+        "--agent",
+        "False",
+        "--out",
+        str(tmp_path),
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     md = (tmp_path / "train_step_image.md").read_text()
     assert "image observations" in md and "encoder cnn" in md and "| 8 | 1 |" in md
@@ -45,8 +65,22 @@ def test_config_without_image_keys_fails_early(tmp_path):
 
 def test_batch_size_and_both_point_arguments():
     bench = _module()
-    args, overrides = bench.parse_args(["--configs", "popgym", "debug", "--batch_size", "4", "--lengths", "64",
-                                        "1024", "--obs", "both", "--rssm.deter", "64"])
+    args, overrides = bench.parse_args(
+        [
+            "--configs",
+            "popgym",
+            "debug",
+            "--batch_size",
+            "4",
+            "--lengths",
+            "64",
+            "1024",
+            "--obs",
+            "both",
+            "--rssm.deter",
+            "64",
+        ]
+    )
     assert overrides == ["--rssm.deter", "64"] and bench.obs_kinds(args) == ["vector", "image"]
     vec = bench.point_argv(args, overrides, "ssm", 1024, "vector")
     img = bench.point_argv(args, overrides, "ssm", 1024, "image")
@@ -60,12 +94,15 @@ def test_batch_size_and_both_point_arguments():
 
 def test_targets_table():
     bench = _module()
-    args, _ = bench.parse_args(["--configs", "popgym", "popgym_main", "--batch_size", "4", "--lengths", "64", "1024",
-                                "--targets"])
+    args, _ = bench.parse_args(
+        ["--configs", "popgym", "popgym_main", "--batch_size", "4", "--lengths", "64", "1024", "--targets"]
+    )
     common = dict(obs="vector", batch=4, device="cpu:cpu", precision="float32")
-    rows = [dict(common, core="ssm", length=64, train_ms=500.0, train_first_s=30.0),
-            dict(common, core="gru", length=64, train_ms=900.0, train_first_s=20.0),
-            dict(common, core="ssm", length=1024, train_ms=12000.0, train_first_s=61.0)]
+    rows = [
+        dict(common, core="ssm", length=64, train_ms=500.0, train_first_s=30.0),
+        dict(common, core="gru", length=64, train_ms=900.0, train_first_s=20.0),
+        dict(common, core="ssm", length=1024, train_ms=12000.0, train_first_s=61.0),
+    ]
     results = [r[-1] for r in bench.target_rows(args, rows)]
     assert results == ["pass", "FAIL", "pass", "FAIL"]
     text = bench.target_text(args, rows)

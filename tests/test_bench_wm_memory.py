@@ -1,4 +1,5 @@
 """benchmarks/wm_memory.py: the AUC against brute force, the replay-like stream, a tiny end-to-end run."""
+
 import importlib.util
 import pathlib
 import subprocess
@@ -29,6 +30,7 @@ def test_roc_auc_matches_counting_pairs():
 
 def test_stream_rows_follow_the_replay_layout():
     from recall2imagine.envs import make_env
+
     mod = _module()
     env = make_env("gym_popgym:popgym-RepeatPreviousEasy-v0", seed=0)
     data = mod.stream(env, 4, 3, np.random.default_rng(0), bias=1.0)
@@ -41,15 +43,34 @@ def test_stream_rows_follow_the_replay_layout():
     # positive exactly when that action (0) equals the suit 3 observations before obs t
     suit = data["vector"].argmax(-1)
     for start in (0, 52, 104):
-        r, s = data["reward"][start:start + 52], suit[start:start + 52]
+        r, s = data["reward"][start : start + 52], suit[start : start + 52]
         assert (r[:4] == 0).all()
         assert ((r[4:] > 0) == (s[:48] == 0)).all() and np.allclose(np.abs(r[4:]), 1 / 48)
 
 
 def test_tiny_run_reports_onset_line():
-    out = subprocess.run([sys.executable, str(SCRIPT), "--configs", "popgym", "debug", "--updates", "4",
-                          "--eval_every", "2", "--data_episodes", "4", "--eval_episodes", "3"],
-                         check=False, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--configs",
+            "popgym",
+            "debug",
+            "--updates",
+            "4",
+            "--eval_every",
+            "2",
+            "--data_episodes",
+            "4",
+            "--eval_episodes",
+            "3",
+        ],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     lines = [line for line in out.stdout.splitlines() if line.startswith("update")]
     assert len(lines) == 2 and "action-0 AUC" in lines[-1] and "probe lag 3" in lines[-1]
@@ -57,6 +78,12 @@ def test_tiny_run_reports_onset_line():
 
 
 def test_rejects_a_task_without_a_lag():
-    out = subprocess.run([sys.executable, str(SCRIPT), "--configs", "bsuite", "debug"], check=False,
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--configs", "bsuite", "debug"],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0 and "RepeatPrevious" in out.stderr

@@ -1,4 +1,5 @@
 """bsuite scores from real bsuite CSV logs, written by the env adapter under scripted policies."""
+
 import csv
 
 import numpy as np
@@ -117,8 +118,15 @@ def test_sweep_summary_and_cli(logs, tmp_path, capsys):
 
     # the module's own CLI on two run dirs
     capsys.readouterr()
-    assert bsuite_score.main([str(root / "bsuite_memory_len_3" / "seed0"),
-                              str(root / "bsuite_memory_len_3" / "seed1" / "bsuite")]) == 0
+    assert (
+        bsuite_score.main(
+            [
+                str(root / "bsuite_memory_len_3" / "seed0"),
+                str(root / "bsuite_memory_len_3" / "seed1" / "bsuite"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| memory_len/3 | memory_length=4 | 2 |" in out
     # no memory experiment among the runs: no plot

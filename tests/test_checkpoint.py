@@ -1,5 +1,6 @@
 """Checkpointer: bitwise round trip of a real agent state, retention, corrupt and
 incomplete checkpoints, a full disk, and the replay riding along."""
+
 import errno
 import os
 import shutil
@@ -14,11 +15,13 @@ from recall2imagine import checkpoint as ckptlib
 from recall2imagine.checkpoint import Checkpointer, CheckpointError, CheckpointWarning
 from recall2imagine.replay import DiskReplay, MemoryReplay
 
+
 @pytest.fixture(scope="module")
 def agent():
     from recall2imagine import config as configlib
     from recall2imagine.agent import Agent
     from recall2imagine.envs import make_env
+
     cfg = configlib.parse(["--configs", "popgym", "debug"])
     env = make_env(cfg.task, seed=0)
     return Agent(cfg, env.obs_space, env.act_space, jax.random.PRNGKey(0))
@@ -47,10 +50,17 @@ def _small(i):
 
 
 def test_agent_state_round_trip_bitwise(tmp_path, agent):
-    tree = {"agent": agent.state, "key": jax.random.PRNGKey(7), "typed_key": jax.random.key(3),
-            "np": np.arange(6, dtype=np.int16)}
-    meta = {"counters": {"step": 1234, "updates": 17, "owed": 0.25}, "config": "abc",
-            "rng": np.random.default_rng(1).bit_generator.state}
+    tree = {
+        "agent": agent.state,
+        "key": jax.random.PRNGKey(7),
+        "typed_key": jax.random.key(3),
+        "np": np.arange(6, dtype=np.int16),
+    }
+    meta = {
+        "counters": {"step": 1234, "updates": 17, "owed": 0.25},
+        "config": "abc",
+        "rng": np.random.default_rng(1).bit_generator.state,
+    }
     ckpt = Checkpointer(tmp_path)
     path = ckpt.save(1234, tree, meta)
     assert path.name == "ckpt-000000001234"
@@ -60,13 +70,18 @@ def test_agent_state_round_trip_bitwise(tmp_path, agent):
     step, restored, meta2 = Checkpointer(tmp_path).load_latest(like)
     assert step == 1234 and meta2 == meta
     assert isinstance(restored["np"], np.ndarray)
-    assert jax.random.key_data(restored["typed_key"]).tolist() == \
-        jax.random.key_data(tree["typed_key"]).tolist()
+    assert (
+        jax.random.key_data(restored["typed_key"]).tolist() == jax.random.key_data(tree["typed_key"]).tolist()
+    )
     del tree["typed_key"], restored["typed_key"]
     _assert_bitwise_equal(restored, tree)
     # A tree of another shape is a config change, not corruption: it raises.
-    wrong = {"agent": _zeros_like(agent.state), "key": jnp.zeros(3, jnp.uint32),
-             "typed_key": jax.random.key(0), "np": np.zeros(6, np.int16)}
+    wrong = {
+        "agent": _zeros_like(agent.state),
+        "key": jnp.zeros(3, jnp.uint32),
+        "typed_key": jax.random.key(0),
+        "np": np.zeros(6, np.int16),
+    }
     with pytest.raises(CheckpointError, match=r"does not fit.*'key'.*shape"):
         ckpt.load_latest(wrong)
 
@@ -131,7 +146,9 @@ def test_disk_full_leaves_earlier_checkpoints(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(ckptlib.eqx, "tree_serialise_leaves", full)
-    with pytest.raises(CheckpointError, match="step 20 not saved: no space left.*Earlier checkpoints are intact") as e:
+    with pytest.raises(
+        CheckpointError, match="step 20 not saved: no space left.*Earlier checkpoints are intact"
+    ) as e:
         ckpt.save(20, _small(20), {"step": 20})
     assert e.value.errno == errno.ENOSPC
     assert "\n" not in str(e.value)
@@ -151,8 +168,10 @@ def test_disk_full_leaves_earlier_checkpoints(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("kind", ["memory", "disk"])
 def test_replay_rides_along(tmp_path, kind):
-    make = {"memory": lambda: MemoryReplay(40, 2, seed=0),
-            "disk": lambda: DiskReplay(tmp_path / "replay", 40, 2, seed=0)}[kind]
+    make = {
+        "memory": lambda: MemoryReplay(40, 2, seed=0),
+        "disk": lambda: DiskReplay(tmp_path / "replay", 40, 2, seed=0),
+    }[kind]
     replay = make()
     ckpt = Checkpointer(tmp_path / "ckpt")
     for i in range(30):
@@ -185,7 +204,10 @@ def _fill(replay, start, stop):
 def test_replay_chunks_stored_once(tmp_path):
     """Kept checkpoints share the replay's full chunks; each holds only the steps outside them, a
     resumed replay samples what the saved one did, and chunks no kept checkpoint uses are deleted."""
-    replay, ckpt = MemoryReplay(400, 2, seed=0), Checkpointer(tmp_path, keep=2)  # 200 per worker, chunks of 50
+    replay, ckpt = (
+        MemoryReplay(400, 2, seed=0),
+        Checkpointer(tmp_path, keep=2),
+    )  # 200 per worker, chunks of 50
     _fill(replay, 0, 130)
     ckpt.save(130, _small(130), extra=replay.save)
     first = sorted(os.listdir(tmp_path / "shared"))

@@ -1,4 +1,5 @@
 """Tests of the config tree and command line (recall2imagine.config)."""
+
 import copy
 import math
 import pickle
@@ -90,8 +91,21 @@ def test_popgym_cpu_is_cpu_with_the_settings_that_learned_repeat_previous():
     cpu = parse(['--configs', 'popgym', 'cpu']).flat()
     extra = {'rssm.hidden': 64, 'free_bits': 2.0, 'reward_head.bin_max': 1.0, 'actent': 3e-3}
     assert {k: ours[k] for k in ours if ours[k] != cpu[k]} == extra
-    flags = parse(['--configs', 'popgym', 'cpu', '--rssm.hidden', '64', '--free_bits', '2.0',
-                   '--reward_head.bin_max', '1.0', '--actent', '0.003']).flat()
+    flags = parse(
+        [
+            '--configs',
+            'popgym',
+            'cpu',
+            '--rssm.hidden',
+            '64',
+            '--free_bits',
+            '2.0',
+            '--reward_head.bin_max',
+            '1.0',
+            '--actent',
+            '0.003',
+        ]
+    ).flat()
     assert flags == ours  # the recorded commands with explicit flags run the same model
 
 
@@ -105,11 +119,12 @@ def test_dotted_overrides_apply_in_order():
 
 def test_regex_in_block_uses_match(tmp_path, monkeypatch):
     text = C.CONFIGS_PATH.read_text() + (
-            '\ntestblock:\n'
-            "  rssm.units: 7\n"
-            "  '.*\\.units': 9\n"        # re.match: also hits rssm.units (later entry wins)
-            "  '.*mlp_l': 2\n"           # prefix match: hits encoder/decoder.mlp_layers
-            "  actor.units: 11\n")
+        '\ntestblock:\n'
+        "  rssm.units: 7\n"
+        "  '.*\\.units': 9\n"  # re.match: also hits rssm.units (later entry wins)
+        "  '.*mlp_l': 2\n"  # prefix match: hits encoder/decoder.mlp_layers
+        "  actor.units: 11\n"
+    )
     monkeypatch.setattr(C, '_configs_text', lambda: text)
     cfg = parse(['--configs', 'testblock'])
     assert cfg.rssm.units == 9 and cfg.critic.units == 9 and cfg.actor.units == 11
@@ -205,8 +220,16 @@ def test_error_missing_value_and_non_flag():
 
 
 def test_error_messages_are_one_line():
-    bad = [['--rssm.deterr', '1'], ['--configs', 'nope'], ['--seed', 'x'], ['--seed'], ['x'],
-                  ['--jax.jit', 'yes'], ['--(', '1'], ['--zz.*', '1']]
+    bad = [
+        ['--rssm.deterr', '1'],
+        ['--configs', 'nope'],
+        ['--seed', 'x'],
+        ['--seed'],
+        ['x'],
+        ['--jax.jit', 'yes'],
+        ['--(', '1'],
+        ['--zz.*', '1'],
+    ]
     for argv in bad:
         with pytest.raises(ConfigError) as e:
             parse(argv)
@@ -354,21 +377,33 @@ def test_every_numeric_key_refuses_out_of_range_values(key, is_int, capsys):
         assert err.startswith(f'error: --{key} ') and err.count('\n') == 1 and 'Traceback' not in err, err
 
 
-@pytest.mark.parametrize('argv, needle', [
-    (['--ssm.dt_min', '0.5', '--ssm.dt_max', '0.1'], '--ssm.dt_min 0.5 is above --ssm.dt_max 0.1'),
-    (['--actor.minstd', '2'], '--actor.minstd 2.0 is above --actor.maxstd 1.0'),
-    (['--retnorm.perclo', '95'], '--retnorm.perclo 95.0 must be below --retnorm.perchi 95.0'),
-    (['--rssm.hidden', '10', '--ssm.n_blocks', '4'], 'must be a multiple of --ssm.n_blocks 4'),
-    (['--replay_size', '20'], 'raise --replay_size to at least 32'),  # debug: 2 envs x 16 steps
-])
+@pytest.mark.parametrize(
+    'argv, needle',
+    [
+        (['--ssm.dt_min', '0.5', '--ssm.dt_max', '0.1'], '--ssm.dt_min 0.5 is above --ssm.dt_max 0.1'),
+        (['--actor.minstd', '2'], '--actor.minstd 2.0 is above --actor.maxstd 1.0'),
+        (['--retnorm.perclo', '95'], '--retnorm.perclo 95.0 must be below --retnorm.perchi 95.0'),
+        (['--rssm.hidden', '10', '--ssm.n_blocks', '4'], 'must be a multiple of --ssm.n_blocks 4'),
+        (['--replay_size', '20'], 'raise --replay_size to at least 32'),  # debug: 2 envs x 16 steps
+    ],
+)
 def test_rules_between_keys(argv, needle):
     with pytest.raises(C.ConfigError, match=re.escape(needle)):
         parse(['--configs', 'popgym', 'debug', *argv])
 
 
 def test_valid_configs_pass_the_ranges():
-    for blocks in (['popgym', 'popgym_cpu'], ['bsuite', 'bsuite_cpu'], ['mmaze', 'mmaze_small'], ['popgym'],
-                   ['popgym', 'popgym_main'], ['bsuite'], ['mmaze'], ['popgym', 'debug'], []):
+    for blocks in (
+        ['popgym', 'popgym_cpu'],
+        ['bsuite', 'bsuite_cpu'],
+        ['mmaze', 'mmaze_small'],
+        ['popgym'],
+        ['popgym', 'popgym_main'],
+        ['bsuite'],
+        ['mmaze'],
+        ['popgym', 'debug'],
+        [],
+    ):
         parse(['--configs', *blocks] if blocks else [])
 
 
@@ -379,7 +414,11 @@ def test_unwritable_logdir_is_one_line(tmp_path, capsys):
     blocker.write_text('')
     code = train.main(['--configs', 'popgym', 'debug', '--logdir', str(blocker / 'run')])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith(f'error: --logdir {blocker / "run"} cannot be created') and err.count('\n') == 1
+    assert (
+        code == 2
+        and err.startswith(f'error: --logdir {blocker / "run"} cannot be created')
+        and err.count('\n') == 1
+    )
 
 
 def test_user_yaml_of_named_blocks_and_of_flat_keys(tmp_path):

@@ -1,4 +1,5 @@
 """Distributions against direct computations: two-hot, unimix, sampling, the actor's ActionDist."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,4 +1,5 @@
 """DeepMind Control tasks as `dmc:<domain>_<task>`: spaces, action repeat, truncation, a short run."""
+
 import json
 
 import numpy as np
@@ -10,7 +11,9 @@ from recall2imagine.envs import env_options, make_env
 from recall2imagine.envs import memory_maze as mm
 from recall2imagine.envs.base import check_obs
 
-pytestmark = pytest.mark.skipif(not mm.available(), reason="dm-control / mujoco not installed (the mmaze extra)")
+pytestmark = pytest.mark.skipif(
+    not mm.available(), reason="dm-control / mujoco not installed (the mmaze extra)"
+)
 
 
 def test_cartpole_balance_proprio_spaces_and_truncation():
@@ -27,7 +30,9 @@ def test_cartpole_balance_proprio_spaces_and_truncation():
 
 def test_images_only_when_the_encoder_reads_them():
     proprio = configlib.parse(["--configs", "dmc_proprio", "--task", "dmc:cartpole_balance"])
-    vision = configlib.parse(["--configs", "dmc_vision", "--task", "dmc:cartpole_balance", "--envs.size", "32,32"])
+    vision = configlib.parse(
+        ["--configs", "dmc_vision", "--task", "dmc:cartpole_balance", "--envs.size", "32,32"]
+    )
     assert env_options(proprio)["image"] is False and env_options(vision)["image"] is True
     env = make_env("dmc:cartpole_balance", seed=0, **env_options(vision))
     obs = env.reset()
@@ -35,16 +40,42 @@ def test_images_only_when_the_encoder_reads_them():
 
 
 def test_unknown_dmc_task_is_one_line(tmp_path, capsys):
-    code = train.main(["--configs", "dmc_proprio", "debug", "--task", "dmc:cartpole_balanse",
-                       "--logdir", str(tmp_path / "run")])
+    code = train.main(
+        [
+            "--configs",
+            "dmc_proprio",
+            "debug",
+            "--task",
+            "dmc:cartpole_balanse",
+            "--logdir",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err
-    assert code == 2 and "unknown DeepMind Control task 'cartpole_balanse'" in err and "cartpole_balance" in err, err
+    assert (
+        code == 2 and "unknown DeepMind Control task 'cartpole_balanse'" in err and "cartpole_balance" in err
+    ), err
 
 
 def test_dmc_cartpole_balance_trains_through_the_continuous_actor(tmp_path):
     logdir = tmp_path / "run"
-    code = train.main(["--configs", "dmc_proprio", "debug", "--task", "dmc:cartpole_balance", "--logdir", str(logdir),
-                       "--run.steps", "300", "--run.eval_eps", "0", "--run.report_every", "0"])
+    code = train.main(
+        [
+            "--configs",
+            "dmc_proprio",
+            "debug",
+            "--task",
+            "dmc:cartpole_balance",
+            "--logdir",
+            str(logdir),
+            "--run.steps",
+            "300",
+            "--run.eval_eps",
+            "0",
+            "--run.report_every",
+            "0",
+        ]
+    )
     assert code == 0
     rows = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
     actor = [r["train/actor_loss"] for r in rows if r.get("train/actor_loss") is not None]

@@ -1,4 +1,5 @@
 """r2i-eval, load_agent and --run.from_checkpoint on a finished debug run."""
+
 import json
 
 import jax
@@ -12,8 +13,21 @@ from recall2imagine import evaluate, load_agent, train
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     logdir = tmp_path_factory.mktemp("src") / "run"
-    code = train.main(["--configs", "popgym", "debug", "--logdir", str(logdir), "--run.steps", "200",
-                       "--run.eval_eps", "0", "--run.report_every", "0"])
+    code = train.main(
+        [
+            "--configs",
+            "popgym",
+            "debug",
+            "--logdir",
+            str(logdir),
+            "--run.steps",
+            "200",
+            "--run.eval_eps",
+            "0",
+            "--run.report_every",
+            "0",
+        ]
+    )
     assert code == 0
     return logdir
 
@@ -23,7 +37,9 @@ def test_r2i_eval_prints_returns_and_writes_eval_jsonl(run_dir, capsys):
     out = capsys.readouterr().out
     assert "at step 200, sample: return" in out and "over 3 episodes" in out, out
     row = json.loads((run_dir / "eval.jsonl").read_text().splitlines()[-1])
-    assert row["step"] == 200 and row["episodes"] == 3 and len(row["returns"]) == 3 and row["mode"] == "sample"
+    assert (
+        row["step"] == 200 and row["episodes"] == 3 and len(row["returns"]) == 3 and row["mode"] == "sample"
+    )
     assert np.isclose(row["mean"], np.mean(row["returns"]))
 
 
@@ -51,8 +67,19 @@ def test_from_checkpoint_starts_from_the_source_runs_weights(run_dir, tmp_path, 
     from recall2imagine.trainer import Trainer
 
     source = load_agent(run_dir).agent.state
-    cfg = configlib.parse(["--configs", "popgym", "debug", "--logdir", str(tmp_path / "new"), "--run.eval_eps", "0",
-                           "--run.from_checkpoint", str(run_dir)])
+    cfg = configlib.parse(
+        [
+            "--configs",
+            "popgym",
+            "debug",
+            "--logdir",
+            str(tmp_path / "new"),
+            "--run.eval_eps",
+            "0",
+            "--run.from_checkpoint",
+            str(run_dir),
+        ]
+    )
     trainer = Trainer(cfg, "cpu")
     try:
         assert trainer.counters["step"] == 0 and len(trainer.replay) == 0
@@ -66,7 +93,18 @@ def test_from_checkpoint_starts_from_the_source_runs_weights(run_dir, tmp_path, 
 
 
 def test_from_checkpoint_that_does_not_fit_is_one_line(run_dir, tmp_path, capsys):
-    code = train.main(["--configs", "popgym", "debug", "--logdir", str(tmp_path / "new"), "--rssm.deter", "48",
-                       "--run.from_checkpoint", str(run_dir)])
+    code = train.main(
+        [
+            "--configs",
+            "popgym",
+            "debug",
+            "--logdir",
+            str(tmp_path / "new"),
+            "--rssm.deter",
+            "48",
+            "--run.from_checkpoint",
+            str(run_dir),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "does not fit the current model" in err and err.count("\n") == 1, err

@@ -1,5 +1,6 @@
 """Crash safety: SIGKILL a training run at a random moment after a checkpoint, restart it with the
 same logdir, and check that it continues from the last checkpoint with its replay and metrics."""
+
 import json
 import os
 import pathlib
@@ -14,7 +15,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _committed(ckpt_dir):
-    return sorted(int(p.name.split("-")[1]) for p in pathlib.Path(ckpt_dir).glob("ckpt-*") if (p / "COMMIT").exists())
+    return sorted(
+        int(p.name.split("-")[1]) for p in pathlib.Path(ckpt_dir).glob("ckpt-*") if (p / "COMMIT").exists()
+    )
 
 
 def _rss_mb(pid):
@@ -26,11 +29,29 @@ def _rss_mb(pid):
 
 
 def _start(logdir, steps, *flags):
-    cmd = [sys.executable, "-m", "recall2imagine.train", "--configs", "popgym", "debug", "--logdir", str(logdir),
-           "--run.steps", str(steps), "--run.save_every", "3", "--run.log_every", "1", "--replay_size", "100000",
-           *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "recall2imagine.train",
+        "--configs",
+        "popgym",
+        "debug",
+        "--logdir",
+        str(logdir),
+        "--run.steps",
+        str(steps),
+        "--run.save_every",
+        "3",
+        "--run.log_every",
+        "1",
+        "--replay_size",
+        "100000",
+        *flags,
+    ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _losses(logdir):
@@ -114,11 +135,12 @@ def test_sigterm_saves_a_checkpoint_and_the_logs(tmp_path):
 def _durable_steps(lfs_dir):
     """Steps in the LFS chunk files, read from their headers (magic, uint32 length, JSON)."""
     import struct
+
     total = {}
     for path in pathlib.Path(lfs_dir).glob("w*.chunk"):
         data = path.read_bytes()
         (n,) = struct.unpack("<I", data[8:12])
-        header = json.loads(data[12:12 + n])
+        header = json.loads(data[12 : 12 + n])
         w = header["worker"]
         total[w] = max(total.get(w, 0), header["start"] + header["steps"])
     return sum(total.values())

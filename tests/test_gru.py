@@ -1,4 +1,5 @@
 """The DreamerV3 GRU core (`--rssm.core gru`) and scan-mode equivalences at the world-model level."""
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,9 @@ def test_gru_observe_matches_step_loop_with_resets():
     E, A, B, T = 16, 4, 2, 12
     rssm = GRURSSM(cfg, E, A, False, key=jax.random.PRNGKey(0))
     # a non-trivial learned initial state, so that resets are visible
-    rssm = eqx.tree_at(lambda m: m.initial_deter, rssm, jax.random.normal(jax.random.PRNGKey(1), (cfg.rssm.deter,)))
+    rssm = eqx.tree_at(
+        lambda m: m.initial_deter, rssm, jax.random.normal(jax.random.PRNGKey(1), (cfg.rssm.deter,))
+    )
     rng = np.random.default_rng(1)
     embed = jnp.asarray(rng.normal(size=(B, T, E)), jnp.float32)
     actions = jnp.asarray(np.eye(A)[rng.integers(0, A, (B, T))], jnp.float32)
@@ -35,9 +38,13 @@ def test_gru_observe_matches_step_loop_with_resets():
     is_first[0, 0] = True  # element 1 continues from `start`
     is_first[0, 5] = is_first[1, 9] = True
     start = rssm.initial((B,))
-    start = dict(start, deter=jnp.asarray(rng.normal(size=(B, cfg.rssm.deter)), jnp.float32),
-                 stoch=jnp.asarray(np.eye(cfg.rssm.classes)[rng.integers(0, cfg.rssm.classes, (B, cfg.rssm.stoch))],
-                                   jnp.float32))
+    start = dict(
+        start,
+        deter=jnp.asarray(rng.normal(size=(B, cfg.rssm.deter)), jnp.float32),
+        stoch=jnp.asarray(
+            np.eye(cfg.rssm.classes)[rng.integers(0, cfg.rssm.classes, (B, cfg.rssm.stoch))], jnp.float32
+        ),
+    )
     key = jax.random.PRNGKey(3)
     post, prior = eqx.filter_jit(GRURSSM.observe)(rssm, embed, prev_action, jnp.asarray(is_first), start, key)
     assert set(post) == {"stoch", "logit", "deter"}
@@ -52,7 +59,9 @@ def test_gru_observe_matches_step_loop_with_resets():
         np.testing.assert_allclose(step["deter"], post["deter"][:, t], rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(step["logit"], post["logit"][:, t], rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(step["stoch"], post["stoch"][:, t], atol=1e-5)  # same samples
-        np.testing.assert_allclose(rssm.prior_logit(step["deter"]), prior["logit"][:, t], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            rssm.prior_logit(step["deter"]), prior["logit"][:, t], rtol=1e-4, atol=1e-4
+        )
         # the prior path (img_step after an explicit reset) gives the same deterministic state
         keep = lambda x, y: jnp.where(is_first[:, t].reshape((B,) + (1,) * (x.ndim - 1)), y, x)
         reset = jax.tree.map(keep, latent, rssm.initial((B,)))

@@ -1,4 +1,5 @@
 """Any Gymnasium environment as `gym:<id>`: observation routing, actions, episode flags, training."""
+
 import numpy as np
 import pytest
 
@@ -31,7 +32,10 @@ def test_truncation_is_not_terminal():
 
 def test_user_env_images_are_resized_and_the_rest_is_a_vector():
     env = make_env("gym:R2ITarget-v0", seed=0, imports=["custom_gym_env"], size=(16, 16))
-    assert env.obs_space == {"image": ((16, 16, 3), np.dtype(np.uint8)), "vector": ((2,), np.dtype(np.float32))}
+    assert env.obs_space == {
+        "image": ((16, 16, 3), np.dtype(np.uint8)),
+        "vector": ((2,), np.dtype(np.float32)),
+    }
     assert not env.act_space.discrete and env.act_space.n == 1 and env.act_space.low == (-1.0,)
     obs = env.reset()
     check_obs(env, obs)
@@ -46,10 +50,16 @@ def test_box_actions_are_rescaled_to_the_envs_bounds():
     assert np.allclose(env._convert_action(np.array([7.0])), [2.0])  # clipped to [-1, 1] first
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--task", "gym:CartPol-v1"], "unknown Gymnasium task 'CartPol-v1'; did you mean 'CartPole-v1'"),
-    (["--task", "gym:R2ITarget-v0", "--envs.import", "no_such_module_r2i"], "--envs.import no_such_module_r2i"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--task", "gym:CartPol-v1"], "unknown Gymnasium task 'CartPol-v1'; did you mean 'CartPole-v1'"),
+        (
+            ["--task", "gym:R2ITarget-v0", "--envs.import", "no_such_module_r2i"],
+            "--envs.import no_such_module_r2i",
+        ),
+    ],
+)
 def test_bad_gym_task_is_one_line(argv, needle, tmp_path, capsys):
     code = train.main(["--configs", "debug", "--logdir", str(tmp_path / "run"), *argv])
     err = capsys.readouterr().err
@@ -58,13 +68,35 @@ def test_bad_gym_task_is_one_line(argv, needle, tmp_path, capsys):
 
 def test_user_registered_image_env_trains_through_the_cnn_and_the_continuous_actor(tmp_path, capsys):
     logdir = tmp_path / "run"
-    code = train.main(["--configs", "debug", "--task", "gym:R2ITarget-v0", "--envs.import", "custom_gym_env",
-                       "--envs.size", "16,16", "--logdir", str(logdir), "--run.steps", "240",
-                       "--run.eval_eps", "1", "--run.eval_every", "200", "--run.report_every", "0"])
+    code = train.main(
+        [
+            "--configs",
+            "debug",
+            "--task",
+            "gym:R2ITarget-v0",
+            "--envs.import",
+            "custom_gym_env",
+            "--envs.size",
+            "16,16",
+            "--logdir",
+            str(logdir),
+            "--run.steps",
+            "240",
+            "--run.eval_eps",
+            "1",
+            "--run.eval_every",
+            "200",
+            "--run.report_every",
+            "0",
+        ]
+    )
     out = capsys.readouterr()
     assert code == 0, out.err
     import json
+
     rows = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
     losses = [r for r in rows if r.get("train/image_loss") is not None]
-    assert losses and all(np.isfinite(r["train/image_loss"]) and np.isfinite(r["train/vector_loss"]) for r in losses)
+    assert losses and all(
+        np.isfinite(r["train/image_loss"]) and np.isfinite(r["train/vector_loss"]) for r in losses
+    )
     assert any("eval/score" in r for r in rows)

@@ -1,4 +1,5 @@
 """CNN encoder/decoder against a numpy convolution, and an image world model that learns."""
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,15 @@ import pytest
 from recall2imagine import config as configlib
 from recall2imagine.agent import Agent
 from recall2imagine.envs.base import ActSpace
-from recall2imagine.nets.heads import Conv, ConvDecoder, ConvEncoder, Decoder, Encoder, cnn_stages, select_keys
+from recall2imagine.nets.heads import (
+    Conv,
+    ConvDecoder,
+    ConvEncoder,
+    Decoder,
+    Encoder,
+    cnn_stages,
+    select_keys,
+)
 
 
 def numpy_conv_stride2_same(x, w):
@@ -18,7 +27,7 @@ def numpy_conv_stride2_same(x, w):
     out = np.zeros((N, H // 2, W // 2, w.shape[3]))
     for i in range(H // 2):
         for j in range(W // 2):
-            patch = xp[:, 2 * i:2 * i + 4, 2 * j:2 * j + 4, :]  # [N, 4, 4, I]
+            patch = xp[:, 2 * i : 2 * i + 4, 2 * j : 2 * j + 4, :]  # [N, 4, 4, I]
             out[:, i, j] = np.einsum("nabi,abio->no", patch, w)
     return out
 
@@ -26,8 +35,9 @@ def numpy_conv_stride2_same(x, w):
 def test_conv_matches_numpy_reference():
     conv = Conv(3, 5, key=jax.random.PRNGKey(0), bias=False)
     x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype(np.float32)
-    np.testing.assert_allclose(conv(jnp.asarray(x)), numpy_conv_stride2_same(x, np.asarray(conv.w)),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        conv(jnp.asarray(x)), numpy_conv_stride2_same(x, np.asarray(conv.w)), rtol=1e-4, atol=1e-4
+    )
 
 
 def numpy_conv_transpose_stride2(x, w):
@@ -40,7 +50,7 @@ def numpy_conv_transpose_stride2(x, w):
             for a in range(4):
                 for b in range(4):
                     out[:, 2 * i + a, 2 * j + b] += x[:, i, j] @ w[a, b]
-    return out[:, 1:2 * H + 1, 1:2 * W + 1]
+    return out[:, 1 : 2 * H + 1, 1 : 2 * W + 1]
 
 
 def test_conv_transpose_matches_numpy_reference():
@@ -58,11 +68,11 @@ def tap_loop_conv(x, w, transpose):
     N, H, W, _ = x.shape
     if not transpose:
         xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        return sum(xp[:, a:a + H:2, b:b + W:2] @ w[a, b] for a in range(4) for b in range(4))
+        return sum(xp[:, a : a + H : 2, b : b + W : 2] @ w[a, b] for a in range(4) for b in range(4))
     out = jnp.zeros((N, 2 * H + 2, 2 * W + 2, w.shape[3]))
     for a in range(4):
         for b in range(4):
-            out = out.at[:, a:a + 2 * H:2, b:b + 2 * W:2].add(x @ w[a, b])
+            out = out.at[:, a : a + 2 * H : 2, b : b + 2 * W : 2].add(x @ w[a, b])
     return out[:, 1:-1, 1:-1]
 
 
@@ -124,8 +134,21 @@ def test_key_selection_and_bad_sizes():
 
 
 def image_agent(*overrides, size=16):
-    cfg = configlib.parse(["--configs", "debug", "--encoder.mlp_keys", "$^", "--decoder.mlp_keys", "$^",
-                           "--encoder.cnn_keys", "image", "--decoder.cnn_keys", "image", *overrides])
+    cfg = configlib.parse(
+        [
+            "--configs",
+            "debug",
+            "--encoder.mlp_keys",
+            "$^",
+            "--decoder.mlp_keys",
+            "$^",
+            "--encoder.cnn_keys",
+            "image",
+            "--decoder.cnn_keys",
+            "image",
+            *overrides,
+        ]
+    )
     space = {"image": ((size, size, 3), np.uint8)}
     return cfg, space, Agent(cfg, space, ActSpace(True, 3), jax.random.PRNGKey(0))
 
@@ -137,9 +160,14 @@ def image_batch(cfg, size=16, seed=0):
     act = rng.integers(0, 3, (B, T))
     prev = np.concatenate([np.zeros((B, 1), int), act[:, :-1]], 1)
     image = np.broadcast_to((prev * 120)[:, :, None, None, None], (B, T, size, size, 3)).astype(np.uint8)
-    batch = {"image": image.copy(), "reward": np.zeros((B, T), np.float32),
-             "is_first": np.zeros((B, T), bool), "is_last": np.zeros((B, T), bool),
-             "is_terminal": np.zeros((B, T), bool), "action": np.eye(3, dtype=np.float32)[act]}
+    batch = {
+        "image": image.copy(),
+        "reward": np.zeros((B, T), np.float32),
+        "is_first": np.zeros((B, T), bool),
+        "is_last": np.zeros((B, T), bool),
+        "is_terminal": np.zeros((B, T), bool),
+        "action": np.eye(3, dtype=np.float32)[act],
+    }
     batch["is_first"][:, 0] = True
     return batch
 
@@ -155,13 +183,28 @@ def test_image_world_model_learns_reconstruction():
 
 
 def test_combined_encoder_concatenates_mlp_and_cnn():
-    cfg = configlib.parse(["--configs", "debug", "--encoder.mlp_keys", "vector", "--encoder.cnn_keys", "image",
-                           "--decoder.mlp_keys", "vector", "--decoder.cnn_keys", "image"])
+    cfg = configlib.parse(
+        [
+            "--configs",
+            "debug",
+            "--encoder.mlp_keys",
+            "vector",
+            "--encoder.cnn_keys",
+            "image",
+            "--decoder.mlp_keys",
+            "vector",
+            "--decoder.cnn_keys",
+            "image",
+        ]
+    )
     space = {"image": ((16, 16, 3), np.uint8), "vector": ((5,), np.float32)}
     enc = Encoder(cfg, space, key=jax.random.PRNGKey(0))
     assert enc.out_dim == cfg.encoder.mlp_units + 4 * 4 * 2 * cfg.encoder.cnn_depth
-    obs = {"image": np.zeros((2, 16, 16, 3), np.uint8), "vector": np.ones((2, 5), np.float32),
-           "is_first": np.zeros(2, bool)}
+    obs = {
+        "image": np.zeros((2, 16, 16, 3), np.uint8),
+        "vector": np.ones((2, 5), np.float32),
+        "is_first": np.zeros(2, bool),
+    }
     assert enc(obs, jnp.float32).shape == (2, enc.out_dim)
     dec = Decoder(cfg, space, 7, key=jax.random.PRNGKey(1))
     losses = dec.loss(jnp.zeros((2, 7)), obs)
@@ -173,6 +216,7 @@ def test_mlp_grads_from_saved_activations_match_autodiff(dout, dtype):
     """The backward pass from `call_saving`'s stored activations (no second forward pass) equals
     plain autodiff of the MLP; batch dims [K, N] flattened as the actor update does."""
     from recall2imagine.nets.layers import MLP
+
     mlp = MLP(7, 2, 16, dout, key=jax.random.PRNGKey(0))
     x = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 7)).astype(dtype)  # [K, N, F]
     out, saved = mlp.call_saving(x)
@@ -182,7 +226,9 @@ def test_mlp_grads_from_saved_activations_match_autodiff(dout, dtype):
     params, static = eqx.partition(mlp, eqx.is_array)
     loss = lambda p: jnp.sum(eqx.combine(p, static)(x).astype(jnp.float32) * d_out.astype(jnp.float32))
     want = jax.grad(loss)(params)
-    got = mlp.grads_from_saved([s.reshape((12,) + s.shape[2:]) for s in saved], d_out.reshape((12,) + d_out.shape[2:]))
+    got = mlp.grads_from_saved(
+        [s.reshape((12,) + s.shape[2:]) for s in saved], d_out.reshape((12,) + d_out.shape[2:])
+    )
     got = eqx.filter(got, eqx.is_array)
     assert jax.tree.structure(got) == jax.tree.structure(want)
     tol = 1e-5 if dtype == jnp.float32 else 2e-2

@@ -19,8 +19,12 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _step(w, n):
-    return {'counter': np.int64(n), 'worker': np.int32(w), 'is_first': n % 11 == 0,
-            'image': np.full((2, 3), (w * 1000 + n) % 251, np.uint8)}
+    return {
+        'counter': np.int64(n),
+        'worker': np.int32(w),
+        'is_first': n % 11 == 0,
+        'image': np.full((2, 3), (w * 1000 + n) % 251, np.uint8),
+    }
 
 
 def _fill(replay, streams, steps, seed=0):
@@ -49,8 +53,16 @@ def _stored(replay):
 
 
 def _make(tmp_path, local, lfs='lfs', loc='local', capacity=100, chunk=8, **kw):
-    return LfsReplay(tmp_path / lfs, capacity, 2, chunk=chunk, seed=0, local=local,
-                     local_dir=tmp_path / loc if local == 'disk' else None, **kw)
+    return LfsReplay(
+        tmp_path / lfs,
+        capacity,
+        2,
+        chunk=chunk,
+        seed=0,
+        local=local,
+        local_dir=tmp_path / loc if local == 'disk' else None,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize('local', ['memory', 'disk'])
@@ -175,10 +187,13 @@ def test_unwritable_lfs_dir_and_flag_errors(tmp_path):
 
 def test_cli_reports_lfs_errors_in_one_line(tmp_path, capsys):
     from recall2imagine import train
+
     (tmp_path / 'file').write_text('x')
     base = ['--configs', 'popgym', 'debug', '--logdir', str(tmp_path / 'L'), '--run.steps', '8']
-    for extra, needle in ((['--use_lfs', 'True', '--lfs_dir', str(tmp_path / 'file' / 'D')], 'cannot create --lfs_dir'),
-                          (['--use_lfs', 'True'], 'needs --lfs_dir')):
+    for extra, needle in (
+        (['--use_lfs', 'True', '--lfs_dir', str(tmp_path / 'file' / 'D')], 'cannot create --lfs_dir'),
+        (['--use_lfs', 'True'], 'needs --lfs_dir'),
+    ):
         assert train.main([*base, *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith('error: ') and needle in err and '\n' not in err, err
@@ -191,7 +206,9 @@ def test_not_enough_free_space_names_the_numbers(tmp_path, monkeypatch):
     with pytest.raises(ReplayError) as e:
         replay.add({k: np.stack([_step(w, 0)[k] for w in (0, 1)]) for k in _step(0, 0)}, [0, 1])
     msg = str(e.value)
-    assert 'lfs replay needs' in msg and '9.8 KiB' in msg and '--replay_size N (N <=' in msg and '\n' not in msg
+    assert (
+        'lfs replay needs' in msg and '9.8 KiB' in msg and '--replay_size N (N <=' in msg and '\n' not in msg
+    )
     replay.close()
 
 
@@ -208,7 +225,9 @@ def test_checkpoint_then_crash_keeps_everything_durable(tmp_path, local):
     at_ckpt = list(streams)
     _fill(replay, streams, 23, seed=1)
     replay._queue.join()  # the background writer wrote the full chunks; staged steps are lost
-    durable = [max((s + n for (w, s), n in replay.durable_chunks().items() if w == k), default=0) for k in (0, 1)]
+    durable = [
+        max((s + n for (w, s), n in replay.durable_chunks().items() if w == k), default=0) for k in (0, 1)
+    ]
     assert all(a <= d <= s for a, d, s in zip(at_ckpt, durable, streams))
     # SIGKILL: no close(), no save(); a new process opens the same dirs and resumes the checkpoint
     replay._unlock()
@@ -242,11 +261,28 @@ def test_extend_equals_add(tmp_path):
 
 
 def _train(logdir, lfs_dir, steps, *extra):
-    cmd = [sys.executable, '-m', 'recall2imagine.train', '--configs', 'popgym', 'debug',
-           '--task', 'gym_popgym:popgym-RepeatPreviousEasy-v0', '--lfs_dir', str(lfs_dir),
-           '--logdir', str(logdir), '--run.steps', str(steps), '--run.eval_eps', '0', *extra]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240,
-                         env=dict(os.environ, PYTHONUNBUFFERED='1'))
+    cmd = [
+        sys.executable,
+        '-m',
+        'recall2imagine.train',
+        '--configs',
+        'popgym',
+        'debug',
+        '--task',
+        'gym_popgym:popgym-RepeatPreviousEasy-v0',
+        '--lfs_dir',
+        str(lfs_dir),
+        '--logdir',
+        str(logdir),
+        '--run.steps',
+        str(steps),
+        '--run.eval_eps',
+        '0',
+        *extra,
+    ]
+    out = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, env=dict(os.environ, PYTHONUNBUFFERED='1')
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     return out.stdout
 

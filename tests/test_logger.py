@@ -1,4 +1,5 @@
 """Logger outputs (metrics.jsonl, TensorBoard, W&B offline) and the Progress line; no training."""
+
 import glob
 import json
 import os
@@ -24,8 +25,8 @@ def read_tb_scalars(tb_dir):
             data = f.read()
         pos = 0
         while pos < len(data):
-            (length,) = struct.unpack("<Q", data[pos:pos + 8])
-            record = data[pos + 12:pos + 12 + length]  # skip the length's crc; the data crc follows
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            record = data[pos + 12 : pos + 12 + length]  # skip the length's crc; the data crc follows
             assert len(record) == length, "truncated event record"
             pos += 12 + length + 4
             event = event_pb2.Event.FromString(record)
@@ -54,7 +55,8 @@ def _check_jsonl_and_tb(logdir):
     ]
     assert [json.loads(line) for line in open(logdir / "scores.jsonl")] == [  # one line per episode
         {"step": 40, "episode/score": 1.0, "episode/length": 10},
-        {"step": 70, "episode/score": 3.0, "episode/length": 30}]
+        {"step": 70, "episode/score": 3.0, "episode/length": 30},
+    ]
     scalars = read_tb_scalars(logdir / "tb")
     assert scalars["train/model_loss"] == [(100, 0.5), (200, 0.25)]
     assert scalars["episode/score"] == [(100, 2.0)]

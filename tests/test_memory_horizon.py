@@ -1,4 +1,5 @@
 """Memory horizons of the tasks and the trainer's warning when replayed windows cannot hold them."""
+
 import pytest
 
 from recall2imagine import config as configlib
@@ -7,16 +8,19 @@ from recall2imagine.envs import memory_maze as mm
 from recall2imagine.trainer import Trainer, window_warning
 
 
-@pytest.mark.parametrize("task, steps", [
-    ("gym_popgym:popgym-RepeatPreviousEasy-v0", 4),
-    ("gym_popgym:popgym-RepeatPreviousMedium-v0", 32),
-    ("gym_popgym:popgym-RepeatPreviousHard-v0", 64),
-    ("gym_popgym:popgym-AutoencodeEasy-v0", 103),
-    ("gym_popgym:popgym-ConcentrationEasy-v0", 104),
-    ("bsuite:memory_len/15", 30),
-    ("bsuite:memory_len/22", 100),
-    ("dm_bsuite_memory_len/19", 70),
-])
+@pytest.mark.parametrize(
+    "task, steps",
+    [
+        ("gym_popgym:popgym-RepeatPreviousEasy-v0", 4),
+        ("gym_popgym:popgym-RepeatPreviousMedium-v0", 32),
+        ("gym_popgym:popgym-RepeatPreviousHard-v0", 64),
+        ("gym_popgym:popgym-AutoencodeEasy-v0", 103),
+        ("gym_popgym:popgym-ConcentrationEasy-v0", 104),
+        ("bsuite:memory_len/15", 30),
+        ("bsuite:memory_len/22", 100),
+        ("dm_bsuite_memory_len/19", 70),
+    ],
+)
 def test_memory_horizon_of_memory_tasks(task, steps):
     found = memory_horizon(task)
     assert found is not None and found[0] == steps, found
@@ -54,8 +58,20 @@ def test_window_warning_thresholds():
 
 
 def _trainer_stderr(tmp_path, capsys, task, *flags):
-    cfg = configlib.parse(["--configs", "popgym", "debug", "--task", task, "--logdir", str(tmp_path / "run"),
-                           "--run.eval_eps", "0", *flags])
+    cfg = configlib.parse(
+        [
+            "--configs",
+            "popgym",
+            "debug",
+            "--task",
+            task,
+            "--logdir",
+            str(tmp_path / "run"),
+            "--run.eval_eps",
+            "0",
+            *flags,
+        ]
+    )
     Trainer(cfg, "cpu").close()
     return capsys.readouterr().err
 
@@ -67,17 +83,31 @@ def test_trainer_warns_once_when_the_window_is_too_short(tmp_path, capsys):
 
 
 def test_trainer_is_silent_when_the_window_fits(tmp_path, capsys):
-    err = _trainer_stderr(tmp_path, capsys, "gym_popgym:popgym-RepeatPreviousHard-v0", "--batch_length", "128")
+    err = _trainer_stderr(
+        tmp_path, capsys, "gym_popgym:popgym-RepeatPreviousHard-v0", "--batch_length", "128"
+    )
     assert "memory horizon" not in err, err
     err = _trainer_stderr(tmp_path, capsys, "gym_popgym:popgym-RepeatPreviousEasy-v0")  # 16 >= 2 x 4
     assert "memory horizon" not in err, err
 
 
-@pytest.mark.parametrize("blocks, tasks", [
-    (["popgym", "popgym_cpu"], ["gym_popgym:popgym-RepeatPreviousHard-v0", "gym_popgym:popgym-AutoencodeEasy-v0",
-                                "gym_popgym:popgym-ConcentrationEasy-v0"]),
-    (["bsuite", "bsuite_cpu"], ["bsuite:memory_len/22"]),  # memory length 100, where the paper's R2I stops
-])
+@pytest.mark.parametrize(
+    "blocks, tasks",
+    [
+        (
+            ["popgym", "popgym_cpu"],
+            [
+                "gym_popgym:popgym-RepeatPreviousHard-v0",
+                "gym_popgym:popgym-AutoencodeEasy-v0",
+                "gym_popgym:popgym-ConcentrationEasy-v0",
+            ],
+        ),
+        (
+            ["bsuite", "bsuite_cpu"],
+            ["bsuite:memory_len/22"],
+        ),  # memory length 100, where the paper's R2I stops
+    ],
+)
 def test_cpu_configs_hold_the_memory_of_their_hard_tasks(blocks, tasks):
     """CPU configs shrink widths and batch, never the window below 2x what their tasks recall."""
     cfg = configlib.parse(["--configs", *blocks])

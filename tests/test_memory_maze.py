@@ -18,7 +18,10 @@ def test_task_table_from_package():
     assert len(ids) == 64 and len(set(ids)) == 64
     assert {'MemoryMaze-9x9-v0', 'MemoryMaze-15x15-ExtraObs-v0', 'MemoryMaze-11x11-Top-v0'} <= set(ids)
     assert mm.task_kwargs('MemoryMaze-9x9-v0') == ('memory_maze_9x9', {'image_only_obs': True})
-    assert mm.task_kwargs('MemoryMaze-13x13-ExtraObs-v0') == ('memory_maze_13x13', {'global_observables': True})
+    assert mm.task_kwargs('MemoryMaze-13x13-ExtraObs-v0') == (
+        'memory_maze_13x13',
+        {'global_observables': True},
+    )
     tasks = list_tasks('memory_maze')
     assert 'gym_memory_maze:MemoryMaze-9x9-v0' in tasks
     assert set(tasks) <= set(list_tasks())
@@ -111,7 +114,9 @@ def test_speedup_gives_identical_rollouts():
     finally:
         mmaze_speedup.apply(force=True)
     rewards = np.array([o['reward'] for o in fast])
-    assert rewards.sum() >= 1  # the planner reaches a target (step 48 for this seed), so activation is exercised
+    assert (
+        rewards.sum() >= 1
+    )  # the planner reaches a target (step 48 for this seed), so activation is exercised
     for f, s in zip(fast, slow):
         assert set(f) == set(s)
         for k in f:
@@ -147,11 +152,39 @@ def test_mmaze_small_trains_and_writes_openloop_video(tmp_path):
     from recall2imagine import train
 
     logdir = tmp_path / 'mm'
-    code = train.main(['--configs', 'mmaze', 'mmaze_small', '--logdir', str(logdir), '--envs.amount', '1',
-                       '--envs.parallel', 'none', '--batch_size', '4', '--batch_length', '16', '--run.steps', '120',
-                       '--run.train_fill', '64', '--run.eval_eps', '1', '--run.eval_every', '100',
-                       '--envs.length', '40', '--run.log_every', '0',
-                       '--run.report_every', '100', '--run.report_context', '8'])
+    code = train.main(
+        [
+            '--configs',
+            'mmaze',
+            'mmaze_small',
+            '--logdir',
+            str(logdir),
+            '--envs.amount',
+            '1',
+            '--envs.parallel',
+            'none',
+            '--batch_size',
+            '4',
+            '--batch_length',
+            '16',
+            '--run.steps',
+            '120',
+            '--run.train_fill',
+            '64',
+            '--run.eval_eps',
+            '1',
+            '--run.eval_every',
+            '100',
+            '--envs.length',
+            '40',
+            '--run.log_every',
+            '0',
+            '--run.report_every',
+            '100',
+            '--run.report_context',
+            '8',
+        ]
+    )
     assert code == 0
     rows = [json.loads(line) for line in open(logdir / 'metrics.jsonl')]
     losses = [r['train/image_loss'] for r in rows if 'train/image_loss' in r]

@@ -3,6 +3,7 @@
 JAX sees 2 CPU devices only with XLA_FLAGS=--xla_force_host_platform_device_count=2 set before it
 initialises, and this process has already imported it: every check runs in a subprocess.
 """
+
 import json
 import math
 import os
@@ -11,13 +12,17 @@ import sys
 import textwrap
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(
-    [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=2"]).strip())
+ENV = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS=" ".join([os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=2"]).strip(),
+)
 
 
 def _python(args, timeout):
-    out = subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                         timeout=timeout)
+    out = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out.stdout
 
@@ -93,10 +98,31 @@ def test_two_device_step_matches_one_device():
 
 def test_two_device_training_run(tmp_path):
     logdir = str(tmp_path / "run")
-    _python(["-m", "recall2imagine.train", "--configs", "popgym", "debug",
-             "--task", "gym_popgym:popgym-RepeatPreviousEasy-v0", "--jax.train_devices", "0", "1",
-             "--jax.policy_devices", "1", "--jax.sync_every", "4", "--logdir", logdir,
-             "--run.steps", "200", "--run.train_ratio", "8"], timeout=300)
+    _python(
+        [
+            "-m",
+            "recall2imagine.train",
+            "--configs",
+            "popgym",
+            "debug",
+            "--task",
+            "gym_popgym:popgym-RepeatPreviousEasy-v0",
+            "--jax.train_devices",
+            "0",
+            "1",
+            "--jax.policy_devices",
+            "1",
+            "--jax.sync_every",
+            "4",
+            "--logdir",
+            logdir,
+            "--run.steps",
+            "200",
+            "--run.train_ratio",
+            "8",
+        ],
+        timeout=300,
+    )
     with open(os.path.join(logdir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     losses = [r for r in rows if "train/model_loss" in r]
@@ -121,8 +147,10 @@ BAD_FLAGS = textwrap.dedent("""
 def test_bad_device_flags_one_line_errors(tmp_path):
     base = ["--configs", "popgym", "debug", "--logdir", str(tmp_path / "x")]
     cases = [
-        (["--jax.train_devices", "0", "1", "--batch_size", "3"],
-         "--batch_size 3 is not divisible by the 2 train devices (--jax.train_devices 0 1)"),
+        (
+            ["--jax.train_devices", "0", "1", "--batch_size", "3"],
+            "--batch_size 3 is not divisible by the 2 train devices (--jax.train_devices 0 1)",
+        ),
         (["--jax.train_devices", "0", "2"], "no such device; available on cpu: 0 (cpu), 1 (cpu)"),
         (["--jax.policy_devices", "0", "1"], "the policy runs on one device"),
         (["--jax.train_devices", "1", "1"], "a device is listed twice"),

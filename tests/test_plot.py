@@ -18,13 +18,25 @@ def test_plot_writes_png_and_averages_seeds(tmp_path):
     steps, values = plot.load_curve(tmp_path / "s0")
     assert len(steps) == 50 and values[-1] == 49.0
     out = tmp_path / "curves.png"
-    code = plot.main([str(tmp_path / "s0"), str(tmp_path / "s1"), "--labels", "r2i", "r2i",
-                      "--out", str(out), "--window", "5"])
+    code = plot.main(
+        [
+            str(tmp_path / "s0"),
+            str(tmp_path / "s1"),
+            "--labels",
+            "r2i",
+            "r2i",
+            "--out",
+            str(out),
+            "--window",
+            "5",
+        ]
+    )
     assert code == 0 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
 
 
 def test_smooth_is_trailing_mean():
     import numpy as np
+
     np.testing.assert_allclose(plot.smooth(np.array([1.0, 3.0, 5.0, 7.0]), 2), [1.0, 2.0, 4.0, 6.0])
 
 

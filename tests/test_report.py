@@ -1,4 +1,5 @@
 """Open-loop reports: predictions past the context ignore later observations; files have the right shape."""
+
 import jax
 import numpy as np
 import pytest
@@ -8,8 +9,11 @@ from recall2imagine.report import encode_gif, frame_strip, openloop_report, vide
 from tests.helpers import debug_agent, random_batch
 
 
-@pytest.mark.parametrize("core", [[], ["--rssm.core", "gru", "--actor.inputs", "deter,stoch",
-                                       "--critic.inputs", "deter,stoch"]], ids=["ssm", "gru"])
+@pytest.mark.parametrize(
+    "core",
+    [[], ["--rssm.core", "gru", "--actor.inputs", "deter,stoch", "--critic.inputs", "deter,stoch"]],
+    ids=["ssm", "gru"],
+)
 def test_openloop_ignores_observations_after_the_context(core):
     cfg, env, agent = debug_agent(*core)
     batch = random_batch(cfg, env, agent.act_dim, resets=False)
@@ -53,5 +57,6 @@ def test_video_grid_strip_and_gif():
     assert (strip[18:, :8] == (0, 200, 0)).all() and (strip[18:, 20:28] == (220, 0, 0)).all()
     gif = encode_gif(frames, fps=5, scale=2)
     import io
+
     with Image.open(io.BytesIO(gif)) as im:
         assert im.n_frames == 5 and im.size == (48, 40)

@@ -14,8 +14,21 @@ M, N = 96, 160  # env steps: checkpoint, end (debug: 2 envs, prefill 64, 32 step
 
 
 def _run(logdir, steps):
-    argv = ["--configs", "popgym", "debug", "--task", "gym_popgym:popgym-RepeatPreviousEasy-v0",
-            "--logdir", str(logdir), "--run.steps", str(steps), "--run.eval_eps", "0", "--seed", "3"]
+    argv = [
+        "--configs",
+        "popgym",
+        "debug",
+        "--task",
+        "gym_popgym:popgym-RepeatPreviousEasy-v0",
+        "--logdir",
+        str(logdir),
+        "--run.steps",
+        str(steps),
+        "--run.eval_eps",
+        "0",
+        "--seed",
+        "3",
+    ]
     assert train.main(argv) == 0
 
 

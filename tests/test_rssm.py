@@ -1,4 +1,5 @@
 """The S5 world-model state: the training scan against acting step by step."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,8 +22,9 @@ def test_observe_matches_step_mode_with_resets(parallel):
     is_first = np.zeros((B, T), bool)
     is_first[:, 0] = True
     is_first[0, 5] = is_first[1, 9] = True
-    post, prior = rssm.observe(embed, prev_action, jnp.asarray(is_first), rssm.initial((B,)),
-                               jax.random.PRNGKey(3))
+    post, prior = rssm.observe(
+        embed, prev_action, jnp.asarray(is_first), rssm.initial((B,)), jax.random.PRNGKey(3)
+    )
     latent = rssm.initial((B,))
     action = jnp.zeros((B, A))
     for t in range(T):

@@ -1,4 +1,5 @@
 """Tests for recall2imagine.nets.ssm against slow, independent numpy references."""
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -116,14 +117,18 @@ def test_param_shapes_and_init():
 
 def test_discretize_closed_forms():
     lam, dt = -0.7 + 2j, 0.05
-    Lbar, gam = (complex(np.asarray(a)[0]) for a in discretize(
-        jnp.array([lam], jnp.complex64), jnp.array([dt], jnp.float32), "bilinear"))
+    Lbar, gam = (
+        complex(np.asarray(a)[0])
+        for a in discretize(jnp.array([lam], jnp.complex64), jnp.array([dt], jnp.float32), "bilinear")
+    )
     assert abs(Lbar - (1 + dt / 2 * lam) / (1 - dt / 2 * lam)) < 1e-6
     assert abs(gam - dt / (1 - dt / 2 * lam)) < 1e-6
     assert abs(Lbar - np.exp(lam * dt)) < 1e-4  # O(dt^3) agreement with the exact flow
 
-    Lbar, gam = (complex(np.asarray(a)[0]) for a in discretize(
-        jnp.array([lam], jnp.complex64), jnp.array([dt], jnp.float32), "zoh"))
+    Lbar, gam = (
+        complex(np.asarray(a)[0])
+        for a in discretize(jnp.array([lam], jnp.complex64), jnp.array([dt], jnp.float32), "zoh")
+    )
     assert abs(Lbar - np.exp(lam * dt)) < 1e-6
     assert abs(gam - (np.exp(lam * dt) - 1) / lam) < 1e-6
     # ZOH integrates x' = lam x + b u (constant u) exactly: compare with fine RK4.
@@ -132,7 +137,10 @@ def test_discretize_closed_forms():
     x, n = x0, 2000
     h = dt / n
     for _ in range(n):
-        k1 = f(x); k2 = f(x + h / 2 * k1); k3 = f(x + h / 2 * k2); k4 = f(x + h * k3)
+        k1 = f(x)
+        k2 = f(x + h / 2 * k1)
+        k3 = f(x + h / 2 * k2)
+        k4 = f(x + h * k3)
         x = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
     assert abs(Lbar * x0 + gam * bu - x) < 1e-6
 
@@ -217,18 +225,22 @@ def test_conj_sym_matches_full_conjugate_system():
     full = S5(H, P, n_blocks=2, key=jax.random.PRNGKey(7))
     neg = jnp.array([1.0, -1.0])
     full = eqx.tree_at(
-        lambda m: (m.Lambda_re, m.Lambda_im, m.B, m.C, m.D, m.log_step), full,
-        (jnp.concatenate([half.Lambda_re, half.Lambda_re]),
-         jnp.concatenate([half.Lambda_im, -half.Lambda_im]),
-         jnp.concatenate([half.B, half.B * neg], axis=0),
-         jnp.concatenate([half.C, half.C * neg], axis=1),
-         half.D, jnp.concatenate([half.log_step, half.log_step])))
+        lambda m: (m.Lambda_re, m.Lambda_im, m.B, m.C, m.D, m.log_step),
+        full,
+        (
+            jnp.concatenate([half.Lambda_re, half.Lambda_re]),
+            jnp.concatenate([half.Lambda_im, -half.Lambda_im]),
+            jnp.concatenate([half.B, half.B * neg], axis=0),
+            jnp.concatenate([half.C, half.C * neg], axis=1),
+            half.D,
+            jnp.concatenate([half.log_step, half.log_step]),
+        ),
+    )
     u, x0, reset, init = _inputs(5, P // 2)
     y_h, _ = _scan(half, u, x0, reset, init, True)
     y_ref, _ = _np_reference(half, u, x0, reset, init)
     _close(y_h, y_ref)
-    y_f, _ = _scan(full, u, np.concatenate([x0, x0.conj()]), reset,
-                   np.concatenate([init, init.conj()]), True)
+    y_f, _ = _scan(full, u, np.concatenate([x0, x0.conj()]), reset, np.concatenate([init, init.conj()]), True)
     _close(y_h, y_f)
 
 
@@ -236,10 +248,25 @@ def test_conj_sym_matches_full_conjugate_system():
 
 
 def _stack(conj_sym, **kw):
-    return SSMStack(H, P, 2, n_blocks=2, C_init="trunc_standard_normal", conj_sym=conj_sym,
-                    discretization="bilinear", dt_min=1e-3, dt_max=0.1, clip_eigs=False,
-                    prenorm=False, mlp=True, glu=True, use_norm=True, dropout=0.0,
-                    key=jax.random.PRNGKey(8), **kw)
+    return SSMStack(
+        H,
+        P,
+        2,
+        n_blocks=2,
+        C_init="trunc_standard_normal",
+        conj_sym=conj_sym,
+        discretization="bilinear",
+        dt_min=1e-3,
+        dt_max=0.1,
+        clip_eigs=False,
+        prenorm=False,
+        mlp=True,
+        glu=True,
+        use_norm=True,
+        dropout=0.0,
+        key=jax.random.PRNGKey(8),
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("conj_sym", [False, True])

@@ -14,15 +14,35 @@ from recall2imagine import sweep
 
 def test_expand_tasks():
     assert sweep.expand_tasks(["bsuite:memory_len/2-4", "gym_popgym:popgym-RepeatPreviousEasy-v0"]) == [
-        "bsuite:memory_len/2", "bsuite:memory_len/3", "bsuite:memory_len/4",
-        "gym_popgym:popgym-RepeatPreviousEasy-v0"]
+        "bsuite:memory_len/2",
+        "bsuite:memory_len/3",
+        "bsuite:memory_len/4",
+        "gym_popgym:popgym-RepeatPreviousEasy-v0",
+    ]
     with pytest.raises(ValueError):
         sweep.expand_tasks(["bsuite:memory_len/4-2"])
 
 
 def test_two_tiny_runs_and_summary(tmp_path, capsys):
-    argv = ["--configs", "bsuite", "debug", "--tasks", "bsuite:memory_len/0-1", "--seeds", "1", "--workers", "2",
-            "--logdir", str(tmp_path), "--run.steps", "150", "--run.loggers", "jsonl", "--last", "10"]
+    argv = [
+        "--configs",
+        "bsuite",
+        "debug",
+        "--tasks",
+        "bsuite:memory_len/0-1",
+        "--seeds",
+        "1",
+        "--workers",
+        "2",
+        "--logdir",
+        str(tmp_path),
+        "--run.steps",
+        "150",
+        "--run.loggers",
+        "jsonl",
+        "--last",
+        "10",
+    ]
     assert sweep.main(argv) == 0
     with open(tmp_path / "summary.csv") as f:
         rows = list(csv.DictReader(f))
@@ -35,7 +55,9 @@ def test_two_tiny_runs_and_summary(tmp_path, capsys):
     # bsuite's own CSV is there for its analysis code
     assert list((tmp_path / "bsuite_memory_len_0" / "seed0" / "bsuite").glob("*.csv"))
     # ... and the summary has bsuite's score of it (tests/test_bsuite_score.py checks the numbers)
-    assert "| memory_len | " in md and "2 of 23 (partial)" in md and "| memory_len/1 | memory_length=2 |" in md
+    assert (
+        "| memory_len | " in md and "2 of 23 (partial)" in md and "| memory_len/1 | memory_length=2 |" in md
+    )
     assert all(int(r["bsuite_episodes"]) > 0 for r in rows)
     assert (tmp_path / "summary_bsuite.csv").exists()
     # a second call skips finished runs
@@ -49,13 +71,38 @@ def test_interrupted_sweep_keeps_its_episodes_and_continues(tmp_path):
     the running run saves and stops (no orphan), its episodes stay in the logs, and the same
     command with a reachable step budget finishes it and the run not yet started."""
     root = pathlib.Path(__file__).resolve().parent.parent
-    argv = [sys.executable, "-m", "recall2imagine.sweep", "--configs", "bsuite", "debug", "--tasks",
-            "bsuite:memory_len/0-1", "--seeds", "1", "--workers", "1", "--logdir", str(tmp_path),
-            "--run.loggers", "jsonl", "--run.log_every", "1", "--last", "5"]
+    argv = [
+        sys.executable,
+        "-m",
+        "recall2imagine.sweep",
+        "--configs",
+        "bsuite",
+        "debug",
+        "--tasks",
+        "bsuite:memory_len/0-1",
+        "--seeds",
+        "1",
+        "--workers",
+        "1",
+        "--logdir",
+        str(tmp_path),
+        "--run.loggers",
+        "jsonl",
+        "--run.log_every",
+        "1",
+        "--last",
+        "5",
+    ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(argv + ["--run.steps", "1000000"], cwd=root, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    proc = subprocess.Popen(
+        argv + ["--run.steps", "1000000"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
     first = tmp_path / "bsuite_memory_len_0" / "seed0"
     deadline = time.time() + 180
     while time.time() < deadline and sweep.final_return(first)[1] < 20:
@@ -73,8 +120,14 @@ def test_interrupted_sweep_keeps_its_episodes_and_continues(tmp_path):
     before = sweep.final_return(first)[1]
     assert before >= 20
     step = max(json.loads(line).get("step", 0) for line in open(first / "metrics.jsonl"))
-    rerun = subprocess.run(argv + ["--run.steps", str(step + 100)], cwd=root, env=env, capture_output=True,
-                           text=True, timeout=300)
+    rerun = subprocess.run(
+        argv + ["--run.steps", str(step + 100)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     with open(tmp_path / "summary.csv") as f:
         assert [r["status"] for r in csv.DictReader(f)] == ["done", "done"]

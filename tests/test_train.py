@@ -1,4 +1,5 @@
 """End-to-end runs of the CLI on the debug config, and its one-line errors on bad input."""
+
 import json
 import math
 import os
@@ -17,10 +18,13 @@ def _read_metrics(logdir):
         return [json.loads(line) for line in f]
 
 
-@pytest.mark.parametrize("configs,task", [
-    (["popgym", "debug"], "gym_popgym:popgym-RepeatPreviousEasy-v0"),
-    (["bsuite", "debug"], "bsuite:memory_len/0"),
-])
+@pytest.mark.parametrize(
+    "configs,task",
+    [
+        (["popgym", "debug"], "gym_popgym:popgym-RepeatPreviousEasy-v0"),
+        (["bsuite", "debug"], "bsuite:memory_len/0"),
+    ],
+)
 def test_debug_run_writes_finite_metrics(tmp_path, configs, task, capsys):
     logdir = str(tmp_path / "run")
     code = train.main(["--configs", *configs, "--task", task, "--logdir", logdir, "--run.log_every", "5"])
@@ -40,18 +44,27 @@ def test_debug_run_writes_finite_metrics(tmp_path, configs, task, capsys):
     assert "mean return over last" in out
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["--configs", "popgim"], "did you mean 'popgym'"),
-    (["--rssm.deterr", "3"], "did you mean 'rssm.deter'"),
-    (["--rssm.deter", "abc"], "rssm.deter"),
-    (["--ssm.conj_sym", "yes"], "True or False"),
-    (["--configs", "debug", "--task", "gym_popgym:popgym-RepeatPrevEasy-v0"], "popgym-RepeatPreviousEasy-v0"),
-    (["--configs", "debug", "--task", "arcade:pong"], "suite"),
-    (["--configs", "debug", "--jax.precision", "float8"], "float32"),
-    (["--configs", "debug", "--jax.train_devices", "7"], "no such device; available on cpu: 0"),
-    (["--configs", "mmaze", "--envs.amount", "100000", "--replay_size", "1e12"], "Memory Maze envs need about"),
-    (["--configs", "debug", "--reward_head.bin_max", "0"], "--reward_head.bin_max 0.0 is out of range"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--configs", "popgim"], "did you mean 'popgym'"),
+        (["--rssm.deterr", "3"], "did you mean 'rssm.deter'"),
+        (["--rssm.deter", "abc"], "rssm.deter"),
+        (["--ssm.conj_sym", "yes"], "True or False"),
+        (
+            ["--configs", "debug", "--task", "gym_popgym:popgym-RepeatPrevEasy-v0"],
+            "popgym-RepeatPreviousEasy-v0",
+        ),
+        (["--configs", "debug", "--task", "arcade:pong"], "suite"),
+        (["--configs", "debug", "--jax.precision", "float8"], "float32"),
+        (["--configs", "debug", "--jax.train_devices", "7"], "no such device; available on cpu: 0"),
+        (
+            ["--configs", "mmaze", "--envs.amount", "100000", "--replay_size", "1e12"],
+            "Memory Maze envs need about",
+        ),
+        (["--configs", "debug", "--reward_head.bin_max", "0"], "--reward_head.bin_max 0.0 is out of range"),
+    ],
+)
 def test_bad_input_one_line_error(argv, needle, tmp_path, capsys):
     code = train.main([*argv, "--logdir", str(tmp_path / "x")])
     err = capsys.readouterr().err.strip()
@@ -62,8 +75,13 @@ def test_bad_input_one_line_error(argv, needle, tmp_path, capsys):
 
 def test_script_entry_point_runs_as_file(tmp_path):
     """`python recall2imagine/train.py --help` works without installing the package path."""
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "recall2imagine", "train.py"), "--help"],
-                         capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "recall2imagine", "train.py"), "--help"],
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "rssm.deter" in out.stdout
 
@@ -84,6 +102,7 @@ def test_device_out_of_memory_is_one_line(monkeypatch, capsys):
 def test_jax_jit_flag_switches_jit_off_and_on():
     import jax
     from recall2imagine import config as configlib
+
     try:
         train.setup_jax(configlib.parse(["--configs", "debug", "--jax.jit", "False"]))
         assert jax.config.jax_disable_jit
@@ -95,8 +114,21 @@ def test_jax_jit_flag_switches_jit_off_and_on():
 
 def test_reward_outside_the_reward_heads_range_warns_once(tmp_path, capsys):
     """RepeatPreviousEasy's rewards are +-1/48; bins over symlog [-0.01, 0.01] cover |r| <= 0.01005."""
-    code = train.main(["--configs", "popgym", "debug", "--logdir", str(tmp_path / "run"), "--run.steps", "200",
-                       "--run.eval_eps", "0", "--reward_head.bin_max", "0.01"])
+    code = train.main(
+        [
+            "--configs",
+            "popgym",
+            "debug",
+            "--logdir",
+            str(tmp_path / "run"),
+            "--run.steps",
+            "200",
+            "--run.eval_eps",
+            "0",
+            "--reward_head.bin_max",
+            "0.01",
+        ]
+    )
     assert code == 0
     err = capsys.readouterr().err
     assert err.count("outside the reward head's range (|r| <= 0.01005)") == 1, err
@@ -113,9 +145,24 @@ def test_non_finite_updates_in_a_row_stop_with_the_last_good_checkpoint(tmp_path
     monkeypatch.setattr(trainer, "MAX_BAD_UPDATES", 5)
     monkeypatch.setattr(Agent, "train", lambda self, batch, key: {"model_opt_skipped": np.float32(1.0)})
     logdir = tmp_path / "run"
-    code = train.main(["--configs", "popgym", "debug", "--logdir", str(logdir), "--run.steps", "2000",
-                       "--run.eval_eps", "0", "--run.report_every", "0"])
+    code = train.main(
+        [
+            "--configs",
+            "popgym",
+            "debug",
+            "--logdir",
+            str(logdir),
+            "--run.steps",
+            "2000",
+            "--run.eval_eps",
+            "0",
+            "--run.report_every",
+            "0",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: the last ") and err.count("\n") == 1, err
-    assert "world-model updates had non-finite gradients" in err and "no checkpoint was written yet" in err, err
+    assert "world-model updates had non-finite gradients" in err and "no checkpoint was written yet" in err, (
+        err
+    )
     assert not list((logdir / "checkpoints").glob("ckpt-*"))

@@ -15,8 +15,19 @@ def test_config_changes_lists_changed_added_and_removed_keys():
 
 
 def test_resume_with_a_changed_flag_names_it(tmp_path, capsys):
-    argv = ["--configs", "popgym", "debug", "--task", "gym_popgym:popgym-RepeatPreviousEasy-v0",
-            "--logdir", str(tmp_path), "--run.steps", "64", "--run.eval_eps", "0"]
+    argv = [
+        "--configs",
+        "popgym",
+        "debug",
+        "--task",
+        "gym_popgym:popgym-RepeatPreviousEasy-v0",
+        "--logdir",
+        str(tmp_path),
+        "--run.steps",
+        "64",
+        "--run.eval_eps",
+        "0",
+    ]
     assert train.main(argv) == 0
     capsys.readouterr()
     assert train.main(argv[:-4] + ["--run.steps", "96", "--run.eval_eps", "0", "--actent", "0.01"]) == 0

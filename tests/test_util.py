@@ -1,4 +1,5 @@
 """recall2imagine.util: byte sizes, durable writes and their fallbacks where POSIX calls are missing."""
+
 import os
 
 import pytest

@@ -45,8 +45,14 @@ _ALIASES = {
     'dmc': 'dmc',
     'atari': 'atari',
 }
-_LABELS = {'popgym': 'POPGym', 'bsuite': 'bsuite', 'memory_maze': 'Memory Maze', 'gym': 'Gymnasium',
-           'dmc': 'DeepMind Control', 'atari': 'Atari'}
+_LABELS = {
+    'popgym': 'POPGym',
+    'bsuite': 'bsuite',
+    'memory_maze': 'Memory Maze',
+    'gym': 'Gymnasium',
+    'dmc': 'DeepMind Control',
+    'atari': 'Atari',
+}
 # Suites whose adapter takes make_env's options by name: suite -> (module, class, options it takes).
 _ADAPTERS = {
     'gym': ('gym', 'GymEnv', {'size'}),
@@ -217,7 +223,9 @@ def _make(task: str, seed: int, **kwargs) -> Env:
         unknown = set(kwargs) - allowed
         if unknown:
             raise TypeError(f'unexpected kwargs for {_LABELS[suite]}: {sorted(unknown)}')
-        return getattr(importlib.import_module(f'recall2imagine.envs.{module}'), cls)(name, seed=seed, **kwargs)
+        return getattr(importlib.import_module(f'recall2imagine.envs.{module}'), cls)(
+            name, seed=seed, **kwargs
+        )
     if suite == 'popgym':
         from recall2imagine.envs.popgym import PopGym
 

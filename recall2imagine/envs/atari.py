@@ -47,9 +47,14 @@ class Atari(Env):
     def __init__(self, game: str, seed: int = 0, size=(64, 64), sticky: bool = True):
         gymnasium = _ale()
         self.game, self._size = game, tuple(int(s) for s in size)
-        self._env = gymnasium.make(_env_id(game), frameskip=1, repeat_action_probability=0.25 if sticky else 0.0,
-                                   full_action_space=False, max_num_frames_per_episode=MAX_FRAMES,
-                                   disable_env_checker=True)
+        self._env = gymnasium.make(
+            _env_id(game),
+            frameskip=1,
+            repeat_action_probability=0.25 if sticky else 0.0,
+            full_action_space=False,
+            max_num_frames_per_episode=MAX_FRAMES,
+            disable_env_checker=True,
+        )
         self._rng = np.random.default_rng(seed)
         self._seed, self._seeded, self._done = seed, False, True
         self.act_space = ActSpace(True, int(self._env.action_space.n))

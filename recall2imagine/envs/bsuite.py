@@ -132,8 +132,12 @@ class BSuite(DmEnv):
 
             rows = pd.read_csv(path).to_dict('records')
         except Exception as e:  # noqa: BLE001 - a damaged log must not stop the run
-            print(f'warning: bsuite log {path} unreadable ({type(e).__name__}); starting a new one '
-                  f'(the old one is kept as .bak)', file=sys.stderr, flush=True)
+            print(
+                f'warning: bsuite log {path} unreadable ({type(e).__name__}); starting a new one '
+                f'(the old one is kept as .bak)',
+                file=sys.stderr,
+                flush=True,
+            )
             return []
         return rows if rows and {'steps', 'episode', 'total_return'} <= set(rows[0]) else []
 

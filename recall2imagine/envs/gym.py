@@ -28,7 +28,9 @@ def import_modules(names) -> None:
         try:
             importlib.import_module(name)
         except ImportError as e:
-            raise ValueError(f'--envs.import {name}: cannot import it ({e}); put its folder on PYTHONPATH') from None
+            raise ValueError(
+                f'--envs.import {name}: cannot import it ({e}); put its folder on PYTHONPATH'
+            ) from None
 
 
 def gym_ids() -> list[str]:
@@ -41,8 +43,11 @@ def gym_ids() -> list[str]:
 def _is_image(space) -> bool:
     from gymnasium import spaces
 
-    return (isinstance(space, spaces.Box) and space.dtype == np.uint8 and
-            (len(space.shape) == 2 or (len(space.shape) == 3 and space.shape[-1] in (1, 3))))
+    return (
+        isinstance(space, spaces.Box)
+        and space.dtype == np.uint8
+        and (len(space.shape) == 2 or (len(space.shape) == 3 and space.shape[-1] in (1, 3)))
+    )
 
 
 def _resize(image: np.ndarray, size) -> np.ndarray:
@@ -51,8 +56,10 @@ def _resize(image: np.ndarray, size) -> np.ndarray:
         return image
     from PIL import Image
 
-    channels = [np.asarray(Image.fromarray(image[..., c]).resize((size[1], size[0]), Image.BILINEAR))
-                for c in range(image.shape[-1])]
+    channels = [
+        np.asarray(Image.fromarray(image[..., c]).resize((size[1], size[0]), Image.BILINEAR))
+        for c in range(image.shape[-1])
+    ]
     return np.stack(channels, -1).astype(np.uint8)
 
 
@@ -182,7 +189,9 @@ class GymEnv(Env):
             self._low = np.asarray(space.low, np.float32).ravel()
             self._high = np.asarray(space.high, np.float32).ravel()
             if not (np.all(np.isfinite(self._low)) and np.all(np.isfinite(self._high))):
-                raise ValueError(f'{env_id}: unbounded Box action space {space} (rescale it to finite bounds)')
+                raise ValueError(
+                    f'{env_id}: unbounded Box action space {space} (rescale it to finite bounds)'
+                )
             n = int(np.prod(space.shape))
             self.act_space = ActSpace(False, n, (-1.0,) * n, (1.0,) * n)
         else:

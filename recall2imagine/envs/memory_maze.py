@@ -106,8 +106,10 @@ def _registrations() -> dict[str, tuple[str, dict]]:
     """id -> (task function name in memory_maze.tasks, kwargs), from the package's register() calls."""
     spec = importlib.util.find_spec('memory_maze')
     if spec is None or spec.origin is None or not available():
-        raise ValueError('Memory Maze tasks need the mmaze extra: pip install -c constraints.txt -e ".[mmaze]" '
-                         '(or make install)')
+        raise ValueError(
+            'Memory Maze tasks need the mmaze extra: pip install -c constraints.txt -e ".[mmaze]" '
+            '(or make install)'
+        )
     with open(spec.origin, encoding='utf-8') as f:
         tree = ast.parse(f.read())
 
@@ -147,7 +149,9 @@ def _registrations() -> dict[str, tuple[str, dict]]:
                 for value in id_node.values:
                     if isinstance(value, ast.Constant):
                         parts.append(str(value.value))
-                    elif isinstance(value, ast.FormattedValue) and getattr(value.value, 'id', None) == key_name:
+                    elif (
+                        isinstance(value, ast.FormattedValue) and getattr(value.value, 'id', None) == key_name
+                    ):
                         parts.append(size)
                     else:
                         raise ValueError('unexpected id expression')
@@ -270,7 +274,8 @@ def check_memory(count: int, available: int | None = None) -> None:
         fits = max(int(available // ENV_BYTES) - 1, 1)
         raise MemoryError(
             f'{count} Memory Maze envs need about {need / 2**30:.1f} GiB of RAM (~{ENV_BYTES / 2**20:.0f} MiB '
-            f'each) but {available / 2**30:.1f} GiB is available: use --envs.amount {fits} or fewer')
+            f'each) but {available / 2**30:.1f} GiB is available: use --envs.amount {fits} or fewer'
+        )
 
 
 class MemoryMaze(DmEnv):
@@ -285,8 +290,14 @@ class MemoryMaze(DmEnv):
       tasks) replacing the package's; meant for tests.
     """
 
-    def __init__(self, task_id: str, seed: int | None = 0, speedup: bool | None = None, time_limit=None,
-                 share_textures: bool = True):
+    def __init__(
+        self,
+        task_id: str,
+        seed: int | None = 0,
+        speedup: bool | None = None,
+        time_limit=None,
+        share_textures: bool = True,
+    ):
         fn_name, kwargs = task_kwargs(task_id)
         self.task_id = task_id
         tasks = _tasks_module()

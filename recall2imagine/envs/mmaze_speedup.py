@@ -62,8 +62,18 @@ def is_applied() -> bool:
     return cls.__dict__.get('_update_activation') is _update_activation and engine.Physics.render is _render
 
 
-def _render(self, height=240, width=320, camera_id=-1, overlays=(), depth=False, segmentation=False,
-            scene_option=None, render_flag_overrides=None, scene_callback=None):
+def _render(
+    self,
+    height=240,
+    width=320,
+    camera_id=-1,
+    overlays=(),
+    depth=False,
+    segmentation=False,
+    scene_option=None,
+    render_flag_overrides=None,
+    scene_callback=None,
+):
     """``Physics.render`` that keeps its ``Camera`` (scene, buffers) while the model stays the same.
 
     dm-control builds a new ``Camera`` (and allocates an ``MjvScene``) for every frame; Memory Maze
@@ -72,9 +82,26 @@ def _render(self, height=240, width=320, camera_id=-1, overlays=(), depth=False,
     of the camera's buffer, so earlier observations never change."""
     from dm_control.mujoco import engine
 
-    if overlays or depth or segmentation or scene_option is not None or render_flag_overrides or scene_callback:
-        return _ORIGINAL_RENDER[0](self, height, width, camera_id, overlays, depth, segmentation, scene_option,
-                                   render_flag_overrides, scene_callback)
+    if (
+        overlays
+        or depth
+        or segmentation
+        or scene_option is not None
+        or render_flag_overrides
+        or scene_callback
+    ):
+        return _ORIGINAL_RENDER[0](
+            self,
+            height,
+            width,
+            camera_id,
+            overlays,
+            depth,
+            segmentation,
+            scene_option,
+            render_flag_overrides,
+            scene_callback,
+        )
     model = self.model.ptr
     cache = self.__dict__.get('_r2i_cameras')
     if cache is None or cache[0] is not model:  # a new or recompiled model: drop the old scenes

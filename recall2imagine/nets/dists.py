@@ -1,4 +1,5 @@
 """Distributions used by DreamerV3/R2I heads, as small pure functions on float32 logits."""
+
 from typing import NamedTuple
 
 import jax
@@ -30,8 +31,10 @@ def twohot_encode(y, bins):
     below = above - 1
     lo, hi = bins[below], bins[above]
     w_hi = (y - lo) / (hi - lo)
-    return (jax.nn.one_hot(below, len(bins)) * (1 - w_hi)[..., None]
-            + jax.nn.one_hot(above, len(bins)) * w_hi[..., None])
+    return (
+        jax.nn.one_hot(below, len(bins)) * (1 - w_hi)[..., None]
+        + jax.nn.one_hot(above, len(bins)) * w_hi[..., None]
+    )
 
 
 def twohot_mean(logits, bins):
@@ -113,6 +116,7 @@ class ActionDist(NamedTuple):
     """The actor's outputs [..., O] as a distribution over actions. Discrete: O = n logits mixed with
     `unimix` of the uniform, actions one-hot [..., n]. Continuous: O = 2 n, mean tanh(m) and std in
     [minstd, maxstd] from a sigmoid, actions [..., n] (paper appendix: actor)."""
+
     discrete: bool
     n: int
     unimix: float

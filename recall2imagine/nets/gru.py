@@ -17,6 +17,7 @@ The GRU cell (DreamerV3 `_gru`, one block, no bias because of the norm):
   reset = sigmoid(reset); cand = tanh(reset * cand); update = sigmoid(update - 1)
   h = update * cand + (1 - update) * h
 """
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -128,7 +129,9 @@ class GRURSSM(eqx.Module):
         """
         B, T = is_first.shape
         dtype = embed.dtype
-        start = dict(stoch=start["stoch"].astype(dtype), logit=start["logit"], deter=start["deter"].astype(dtype))
+        start = dict(
+            stoch=start["stoch"].astype(dtype), logit=start["logit"], deter=start["deter"].astype(dtype)
+        )
         tm = lambda x: jnp.swapaxes(x, 0, 1)  # [B, T, ...] <-> [T, B, ...]
 
         def step(latent, inp):
@@ -153,6 +156,8 @@ class GRURSSM(eqx.Module):
 
     def obs_step(self, latent, action, embed, is_first, key):
         """Acting: reset where is_first, one GRU step, posterior from (deter, embedding)."""
-        latent = dict(latent, stoch=latent["stoch"].astype(embed.dtype), deter=latent["deter"].astype(embed.dtype))
+        latent = dict(
+            latent, stoch=latent["stoch"].astype(embed.dtype), deter=latent["deter"].astype(embed.dtype)
+        )
         post, _ = self._post_step(latent, action, embed, is_first, key)
         return post

@@ -5,6 +5,7 @@ Keys are picked from the environment's observation space by the regexes
 the CNN). Images stay uint8 up to the device and become `x / 255 - 0.5` in the compute dtype
 inside the jitted step (spec 4.1-4.2, 4.6).
 """
+
 import math
 import re
 
@@ -26,9 +27,11 @@ def select_keys(obs_space, mlp_pattern, cnn_pattern, what="encoder"):
         elif len(shape) == 3 and re.fullmatch(cnn_pattern, key):
             cnn.append(key)
     if not mlp and not cnn:
-        raise ValueError(f"no observation key matches {what}.mlp_keys {mlp_pattern!r} (vectors) or "
-                         f"{what}.cnn_keys {cnn_pattern!r} (images); available: "
-                         + ", ".join(f"{k} {tuple(s)}" for k, (s, _) in sorted(obs_space.items())))
+        raise ValueError(
+            f"no observation key matches {what}.mlp_keys {mlp_pattern!r} (vectors) or "
+            f"{what}.cnn_keys {cnn_pattern!r} (images); available: "
+            + ", ".join(f"{k} {tuple(s)}" for k, (s, _) in sorted(obs_space.items()))
+        )
     return mlp, cnn
 
 
@@ -53,8 +56,10 @@ def chunked(fn, size, *xs):
     step = max(d for d in range(1, min(n, size) + 1) if n % d == 0)
     if step == n:
         return fn(*xs)
-    out = jax.lax.map(jax.checkpoint(lambda a: fn(*a)),
-                      jax.tree.map(lambda x: x.reshape((n // step, step) + x.shape[1:]), xs))
+    out = jax.lax.map(
+        jax.checkpoint(lambda a: fn(*a)),
+        jax.tree.map(lambda x: x.reshape((n // step, step) + x.shape[1:]), xs),
+    )
     return jax.tree.map(lambda y: y.reshape((n,) + y.shape[2:]), out)
 
 
@@ -62,8 +67,10 @@ def image_shape(obs_space, keys):
     """(H, W, sum C) of the images under `keys`; they must share H and W."""
     shapes = {tuple(obs_space[k][0][:2]) for k in keys}
     if len(shapes) != 1:
-        raise ValueError(f"images {keys} differ in size {sorted(shapes)}; select one size with encoder.cnn_keys")
-    (h, w), = shapes
+        raise ValueError(
+            f"images {keys} differ in size {sorted(shapes)}; select one size with encoder.cnn_keys"
+        )
+    ((h, w),) = shapes
     return h, w, sum(obs_space[k][0][2] for k in keys)
 
 
@@ -71,8 +78,10 @@ def cnn_stages(h, w, minres):
     """Number of stride-2 stages that take an [h, w] image down to [minres, minres]."""
     stages = math.log2(h / minres) if minres > 0 else -1
     if h != w or stages < 1 or stages != int(stages):
-        raise ValueError(f"the CNN needs square images of size minres * 2^k (minres {minres}), got {h}x{w}; "
-                         f"set --encoder.minres / --decoder.minres")
+        raise ValueError(
+            f"the CNN needs square images of size minres * 2^k (minres {minres}), got {h}x{w}; "
+            f"set --encoder.minres / --decoder.minres"
+        )
     return int(stages)
 
 
@@ -92,15 +101,21 @@ def _patches(x):  # [N, 2h, 2w, C] -> [N, h, w, 16 C]
     h, w = H // 2, W // 2
     cells = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(N, h + 1, 2, w + 1, 2, C)
     cells = cells.transpose(0, 1, 3, 2, 4, 5).reshape(N, h + 1, w + 1, 4 * C)
-    return jnp.concatenate([cells[:, e:e + h, f:f + w] for e in (0, 1) for f in (0, 1)], -1)
+    return jnp.concatenate([cells[:, e : e + h, f : f + w] for e in (0, 1) for f in (0, 1)], -1)
 
 
 def _unpatches(z):  # [N, h, w, 16 C] -> [N, 2h, 2w, C], the adjoint of _patches
     N, h, w, D = z.shape
     C = D // 16
     blocks = jnp.split(z, 4, -1)  # (e, f) = (0, 0), (0, 1), (1, 0), (1, 1); each [N, h, w, (p, q, c)]
-    cells = sum(jnp.pad(blocks[2 * e + f], ((0, 0), (e, 1 - e), (f, 1 - f), (0, 0))) for e in (0, 1) for f in (0, 1))
-    image = cells.reshape(N, h + 1, w + 1, 2, 2, C).transpose(0, 1, 3, 2, 4, 5).reshape(N, 2 * h + 2, 2 * w + 2, C)
+    cells = sum(
+        jnp.pad(blocks[2 * e + f], ((0, 0), (e, 1 - e), (f, 1 - f), (0, 0))) for e in (0, 1) for f in (0, 1)
+    )
+    image = (
+        cells.reshape(N, h + 1, w + 1, 2, 2, C)
+        .transpose(0, 1, 3, 2, 4, 5)
+        .reshape(N, 2 * h + 2, 2 * w + 2, C)
+    )
     return image[:, 1:-1, 1:-1]
 
 
@@ -188,8 +203,10 @@ class ConvDecoder(eqx.Module):
         chans = [depth * 2**i for i in reversed(range(stages))] + [c]  # 8d, 4d, 2d, d, C
         ks = jax.random.split(key, stages + 1)
         self.inp = Linear(din, minres * minres * chans[0], key=ks[0])
-        self.convs = [Conv(a, b, key=k, transpose=True, bias=(i == stages - 1))
-                      for i, (a, b, k) in enumerate(zip(chans[:-1], chans[1:], ks[1:]))]
+        self.convs = [
+            Conv(a, b, key=k, transpose=True, bias=(i == stages - 1))
+            for i, (a, b, k) in enumerate(zip(chans[:-1], chans[1:], ks[1:]))
+        ]
         self.norms = [Norm(b) for b in chans[1:-1]]
         self.keys, self.channels, self.minres = tuple(keys), tuple(channels), minres
         if chunk < 1:
@@ -210,9 +227,10 @@ class ConvDecoder(eqx.Module):
         """Summed squared error per frame, decoded `chunk` frames at a time (see `chunked`): the
         full `mmaze` batch of 4,096 frames at once needed ~46 GiB on the CPU."""
         batch, n = feat.shape[:-1], int(np.prod(feat.shape[:-1]))
-        images = {k: obs[k].reshape((n,) + obs[k].shape[len(batch):]) for k in self.keys}
+        images = {k: obs[k].reshape((n,) + obs[k].shape[len(batch) :]) for k in self.keys}
         frame_loss = lambda f, imgs: jnp.square(self.mean(f) - image_input(imgs, self.keys, jnp.float32)).sum(
-            (-3, -2, -1))
+            (-3, -2, -1)
+        )
         return chunked(frame_loss, self.chunk, feat.reshape(n, -1), images).reshape(batch)
 
     def predict(self, feat):  # {key: [..., H, W, C_k] uint8}
@@ -274,15 +292,24 @@ class Encoder(eqx.Module):
         mlp_keys, cnn_keys = select_keys(obs_space, e.mlp_keys, e.cnn_keys, "encoder")
         k1, k2 = jax.random.split(key)
         dim = sum(math.prod(obs_space[k][0]) for k in mlp_keys)
-        self.mlp = VectorEncoder(mlp_keys, dim, e.mlp_layers, e.mlp_units, e.symlog_inputs, key=k1) \
-            if mlp_keys else None
-        self.cnn = ConvEncoder(cnn_keys, image_shape(obs_space, cnn_keys), e.cnn_depth, e.minres, key=k2,
-                               chunk=e.cnn_chunk) \
-            if cnn_keys else None
+        self.mlp = (
+            VectorEncoder(mlp_keys, dim, e.mlp_layers, e.mlp_units, e.symlog_inputs, key=k1)
+            if mlp_keys
+            else None
+        )
+        self.cnn = (
+            ConvEncoder(
+                cnn_keys, image_shape(obs_space, cnn_keys), e.cnn_depth, e.minres, key=k2, chunk=e.cnn_chunk
+            )
+            if cnn_keys
+            else None
+        )
         self.out_dim = sum(m.out_dim for m in (self.mlp, self.cnn) if m is not None)
 
     def __call__(self, obs, dtype):  # -> [..., out_dim]
-        return jnp.concatenate([m(obs, dtype).astype(dtype) for m in (self.mlp, self.cnn) if m is not None], -1)
+        return jnp.concatenate(
+            [m(obs, dtype).astype(dtype) for m in (self.mlp, self.cnn) if m is not None], -1
+        )
 
 
 class Decoder(eqx.Module):
@@ -295,10 +322,27 @@ class Decoder(eqx.Module):
         d = cfg.decoder
         mlp_keys, cnn_keys = select_keys(obs_space, d.mlp_keys, d.cnn_keys, "decoder")
         k1, k2 = jax.random.split(key)
-        self.mlp = VectorDecoder(mlp_keys, [obs_space[k][0] for k in mlp_keys], din, d.mlp_layers, d.mlp_units,
-                                 key=k1) if mlp_keys else None
-        self.cnn = ConvDecoder(cnn_keys, [obs_space[k][0][2] for k in cnn_keys], image_shape(obs_space, cnn_keys),
-                               din, d.cnn_depth, d.minres, key=k2, chunk=d.cnn_chunk) if cnn_keys else None
+        self.mlp = (
+            VectorDecoder(
+                mlp_keys, [obs_space[k][0] for k in mlp_keys], din, d.mlp_layers, d.mlp_units, key=k1
+            )
+            if mlp_keys
+            else None
+        )
+        self.cnn = (
+            ConvDecoder(
+                cnn_keys,
+                [obs_space[k][0][2] for k in cnn_keys],
+                image_shape(obs_space, cnn_keys),
+                din,
+                d.cnn_depth,
+                d.minres,
+                key=k2,
+                chunk=d.cnn_chunk,
+            )
+            if cnn_keys
+            else None
+        )
 
     def loss(self, feat, obs):  # {'vector' | 'image': [...]}
         out = {}

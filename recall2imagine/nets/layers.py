@@ -3,6 +3,7 @@
 Parameters are float32; activations run in the dtype of their input (the compute
 dtype chosen by `jax.precision`), norms and softmaxes in float32.
 """
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -140,7 +141,9 @@ def replayed_outputs(static):
 
 
 def modules_of(mlp):  # MLP -> its parametrised modules in forward order
-    return [m for layer in mlp.hidden for m in (layer.dense, layer.norm)] + ([mlp.out] if mlp.out is not None else [])
+    return [m for layer in mlp.hidden for m in (layer.dense, layer.norm)] + (
+        [mlp.out] if mlp.out is not None else []
+    )
 
 
 def _apply(module, x):
@@ -158,8 +161,10 @@ def _norm_silu(norm, x):
 def feature_size(inputs, sizes, name="inputs"):
     """Width of `features(...)` for the given input keys; `sizes` from `rssm.feature_sizes()`."""
     if "hidden" in inputs and "hidden" not in sizes:
-        raise ValueError(f"{name} asks for 'hidden', the SSM state, which --rssm.core gru does not have; "
-                         f"use e.g. --actor.inputs deter,stoch --critic.inputs deter,stoch")
+        raise ValueError(
+            f"{name} asks for 'hidden', the SSM state, which --rssm.core gru does not have; "
+            f"use e.g. --actor.inputs deter,stoch --critic.inputs deter,stoch"
+        )
     unknown = [k for k in inputs if k not in sizes]
     if unknown:
         raise ValueError(f"unknown network input {unknown} in {name}; choose among {sorted(sizes)}")

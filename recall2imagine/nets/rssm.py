@@ -9,6 +9,7 @@ A latent is a dict of arrays with common leading batch dims `[...]`:
 Sequence model: (h_t, x_t) = f(z_{t-1}, a_{t-1}, x_{t-1}); prior p(z_t | h_t);
 posterior q(z_t | o_t) from the observation embedding alone (spec sections 3-4).
 """
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -73,9 +74,23 @@ class RSSM(eqx.Module):
         zdim = r.stoch * r.classes
         self.img_in = DenseNormAct(zdim + act_dim, r.units, key=ks[0])
         self.stack = SSMStack(
-            r.units, r.hidden, s.n_layers, n_blocks=s.n_blocks, C_init=s.C_init, conj_sym=s.conj_sym,
-            discretization=s.discretization, dt_min=s.dt_min, dt_max=s.dt_max, clip_eigs=s.clip_eigs,
-            prenorm=s.prenorm, mlp=s.mlp, glu=s.glu, use_norm=s.use_norm, dropout=s.dropout, key=ks[1])
+            r.units,
+            r.hidden,
+            s.n_layers,
+            n_blocks=s.n_blocks,
+            C_init=s.C_init,
+            conj_sym=s.conj_sym,
+            discretization=s.discretization,
+            dt_min=s.dt_min,
+            dt_max=s.dt_max,
+            clip_eigs=s.clip_eigs,
+            prenorm=s.prenorm,
+            mlp=s.mlp,
+            glu=s.glu,
+            use_norm=s.use_norm,
+            dropout=s.dropout,
+            key=ks[1],
+        )
         self.out_proj = Linear(r.units, r.deter, key=ks[2])
         self.img_out = DenseNormAct(r.deter, r.units, key=ks[3])
         self.img_stats = Linear(r.units, zdim, key=ks[4])
@@ -143,12 +158,15 @@ class RSSM(eqx.Module):
         first = is_first[..., None, None]
         prev_stoch = jnp.concatenate([start["stoch"][:, None].astype(dtype), post_stoch[:, :-1]], 1)
         prev_stoch = jnp.where(first, init["stoch"], prev_stoch)  # [B, T, S, C]
-        prev_action = clip_action(prev_action, self.action_clip) * (1.0 - is_first[..., None].astype(prev_action.dtype))
+        prev_action = clip_action(prev_action, self.action_clip) * (
+            1.0 - is_first[..., None].astype(prev_action.dtype)
+        )
         u = self._input(prev_stoch, prev_action)  # [B, T, H]
         x0 = jnp.where(is_first[:, 0, None, None], init["hidden"], start["hidden"])  # [B, L, P]
         resets = is_first if self.reset else jnp.zeros_like(is_first)
-        out, hidden = jax.vmap(
-            lambda u, x0, r: self.stack.scan(u, x0, r, init["hidden"], self.parallel))(u, x0, resets)
+        out, hidden = jax.vmap(lambda u, x0, r: self.stack.scan(u, x0, r, init["hidden"], self.parallel))(
+            u, x0, resets
+        )
         deter = self._deter(out)  # [B, T, D]
         prior_logit = self.prior_logit(deter)
         prior = dict(stoch=None, logit=prior_logit, deter=deter, hidden=hidden)

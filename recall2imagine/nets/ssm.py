@@ -7,6 +7,7 @@ low-precision dtype, and outputs come back in the input's dtype.
 Shape names: T time, H model width, P nominal state size, S stored state size
 (P, or P // 2 with conj_sym), L layers.
 """
+
 from typing import Optional
 
 import equinox as eqx
@@ -33,8 +34,11 @@ def hippo_diag_init(N_b: int, n_blocks: int):
     Lambda_b = np.mean(np.diag(S)) + 1j * w  # [N_b]
     Lambda = np.tile(Lambda_b, n_blocks)  # [P]
     V = np.kron(np.eye(n_blocks), Vb)  # [P, P] block-diagonal
-    return (jnp.asarray(Lambda, jnp.complex64), jnp.asarray(V, jnp.complex64),
-            jnp.asarray(V.conj().T, jnp.complex64))
+    return (
+        jnp.asarray(Lambda, jnp.complex64),
+        jnp.asarray(V, jnp.complex64),
+        jnp.asarray(V.conj().T, jnp.complex64),
+    )
 
 
 def discretize(Lambda, step, method: str):
@@ -69,8 +73,20 @@ class S5(eqx.Module):
     conj_sym: bool = eqx.field(static=True)
     clip_eigs: bool = eqx.field(static=True)
 
-    def __init__(self, H, P, *, n_blocks=8, C_init="trunc_standard_normal", conj_sym=False,
-                 discretization="bilinear", dt_min=1e-3, dt_max=0.1, clip_eigs=False, key):
+    def __init__(
+        self,
+        H,
+        P,
+        *,
+        n_blocks=8,
+        C_init="trunc_standard_normal",
+        conj_sym=False,
+        discretization="bilinear",
+        dt_min=1e-3,
+        dt_max=0.1,
+        clip_eigs=False,
+        key,
+    ):
         if P % n_blocks:
             raise ValueError(f"P={P} not divisible by n_blocks={n_blocks}")
         N_b = P // n_blocks
@@ -115,7 +131,9 @@ class S5(eqx.Module):
         return Lbar, gamma[:, None] * _complex(self.B), _complex(self.C)  # [S], [S, H], [H, S]
 
     @staticmethod
-    def _input(Bbar, u):  # u [..., H] real -> Bbar u [..., S]; two real matmuls (complex dots are slow on CPU)
+    def _input(
+        Bbar, u
+    ):  # u [..., H] real -> Bbar u [..., S]; two real matmuls (complex dots are slow on CPU)
         return jax.lax.complex(u @ Bbar.real.T, u @ Bbar.imag.T)
 
     def _readout(self, C, x, u):  # x [..., S] complex, u [..., H] float32 -> [..., H]
@@ -147,6 +165,7 @@ class S5(eqx.Module):
 
             _, xs = jax.lax.associative_scan(combine, (A, b))  # [T, S]
         else:
+
             def body(x, inp):
                 bu, r = inp
                 x = Lbar * jnp.where(r, init, x) + bu
@@ -194,13 +213,38 @@ class SSMBlock(eqx.Module):
     use_norm: bool = eqx.field(static=True)
     dropout: float = eqx.field(static=True)
 
-    def __init__(self, H, P, *, n_blocks=8, C_init="trunc_standard_normal", conj_sym=False,
-                 discretization="bilinear", dt_min=1e-3, dt_max=0.1, clip_eigs=False,
-                 prenorm=False, mlp=True, glu=True, use_norm=True, dropout=0.0, key):
+    def __init__(
+        self,
+        H,
+        P,
+        *,
+        n_blocks=8,
+        C_init="trunc_standard_normal",
+        conj_sym=False,
+        discretization="bilinear",
+        dt_min=1e-3,
+        dt_max=0.1,
+        clip_eigs=False,
+        prenorm=False,
+        mlp=True,
+        glu=True,
+        use_norm=True,
+        dropout=0.0,
+        key,
+    ):
         k_ssm, k_a, k_b = jax.random.split(key, 3)
-        self.ssm = S5(H, P, n_blocks=n_blocks, C_init=C_init, conj_sym=conj_sym,
-                      discretization=discretization, dt_min=dt_min, dt_max=dt_max,
-                      clip_eigs=clip_eigs, key=k_ssm)
+        self.ssm = S5(
+            H,
+            P,
+            n_blocks=n_blocks,
+            C_init=C_init,
+            conj_sym=conj_sym,
+            discretization=discretization,
+            dt_min=dt_min,
+            dt_max=dt_max,
+            clip_eigs=clip_eigs,
+            key=k_ssm,
+        )
         self.dense_a = _dense(H, k_a) if mlp else None
         self.dense_b = _dense(H, k_b) if mlp and glu else None
         self.norm = eqx.nn.LayerNorm(H, eps=1e-6) if (prenorm or use_norm) else None
@@ -238,15 +282,44 @@ class SSMStack(eqx.Module):
 
     blocks: list
 
-    def __init__(self, H, P, n_layers, *, n_blocks=8, C_init="trunc_standard_normal",
-                 conj_sym=False, discretization="bilinear", dt_min=1e-3, dt_max=0.1,
-                 clip_eigs=False, prenorm=False, mlp=True, glu=True, use_norm=True,
-                 dropout=0.0, key):
+    def __init__(
+        self,
+        H,
+        P,
+        n_layers,
+        *,
+        n_blocks=8,
+        C_init="trunc_standard_normal",
+        conj_sym=False,
+        discretization="bilinear",
+        dt_min=1e-3,
+        dt_max=0.1,
+        clip_eigs=False,
+        prenorm=False,
+        mlp=True,
+        glu=True,
+        use_norm=True,
+        dropout=0.0,
+        key,
+    ):
         self.blocks = [
-            SSMBlock(H, P, n_blocks=n_blocks, C_init=C_init, conj_sym=conj_sym,
-                     discretization=discretization, dt_min=dt_min, dt_max=dt_max,
-                     clip_eigs=clip_eigs, prenorm=prenorm, mlp=mlp, glu=glu,
-                     use_norm=use_norm, dropout=dropout, key=k)
+            SSMBlock(
+                H,
+                P,
+                n_blocks=n_blocks,
+                C_init=C_init,
+                conj_sym=conj_sym,
+                discretization=discretization,
+                dt_min=dt_min,
+                dt_max=dt_max,
+                clip_eigs=clip_eigs,
+                prenorm=prenorm,
+                mlp=mlp,
+                glu=glu,
+                use_norm=use_norm,
+                dropout=dropout,
+                key=k,
+            )
             for k in jax.random.split(key, n_layers)
         ]
 

@@ -472,5 +472,9 @@ class DiskReplay(WindowSampler):
         return True
 
     def info(self) -> dict:
-        return dict(super().info(), directory=str(self.directory), ring_id=self.ring_id,
-                    bytes_per_step=self.bytes_per_step() if self.schema else None)
+        return dict(
+            super().info(),
+            directory=str(self.directory),
+            ring_id=self.ring_id,
+            bytes_per_step=self.bytes_per_step() if self.schema else None,
+        )

@@ -96,14 +96,25 @@ def write_chunk(path, worker: int, start: int, schema, arrays) -> int:
     """Writes one chunk file atomically (temp name, fsync, rename, fsync of
     the directory); returns its size in bytes."""
     path = pathlib.Path(path)
-    views = [memoryview(np.ascontiguousarray(arrays[s['key']], np.dtype(s['dtype'])).reshape(-1).view(np.uint8))
-             for s in schema]
+    views = [
+        memoryview(np.ascontiguousarray(arrays[s['key']], np.dtype(s['dtype'])).reshape(-1).view(np.uint8))
+        for s in schema
+    ]
     crc = 0
     for v in views:
         crc = zlib.crc32(v, crc)
     steps = len(arrays[schema[0]['key']])
-    header = json.dumps(dict(version=_VERSION, worker=int(worker), start=int(start), steps=int(steps),
-                             keys=schema, payload=sum(len(v) for v in views), crc32=crc)).encode()
+    header = json.dumps(
+        dict(
+            version=_VERSION,
+            worker=int(worker),
+            start=int(start),
+            steps=int(steps),
+            keys=schema,
+            payload=sum(len(v) for v in views),
+            crc32=crc,
+        )
+    ).encode()
     tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
     try:
         with open(tmp, 'wb') as f:
@@ -167,9 +178,19 @@ class LfsReplay(WindowSampler):
 
     KIND = 'lfs'
 
-    def __init__(self, lfs_dir, capacity: int, num_workers: int, chunk: int = 64, seed: int = 0,
-                 local: str = 'disk', local_dir=None, check_space: bool = True, max_queue: int = 64,
-                 verbose: bool = True):
+    def __init__(
+        self,
+        lfs_dir,
+        capacity: int,
+        num_workers: int,
+        chunk: int = 64,
+        seed: int = 0,
+        local: str = 'disk',
+        local_dir=None,
+        check_space: bool = True,
+        max_queue: int = 64,
+        verbose: bool = True,
+    ):
         capacity, num_workers, chunk = int(capacity), int(num_workers), int(chunk)
         if num_workers < 1:
             raise ValueError('num_workers must be >= 1')
@@ -193,7 +214,8 @@ class LfsReplay(WindowSampler):
             self._unlock()
             raise ReplayError(
                 f'--lfs_dir {self.lfs_dir} holds the experience of {meta.get("num_workers")} env workers; '
-                f'this run has {num_workers} (envs.amount): use the same envs.amount or another --lfs_dir')
+                f'this run has {num_workers} (envs.amount): use the same envs.amount or another --lfs_dir'
+            )
         self.schema = meta['schema'] if meta else None
         self.local = None
         self._ready = False
@@ -229,14 +251,18 @@ class LfsReplay(WindowSampler):
             probe.unlink()
             fd = os.open(self.lfs_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise ReplayError(f'--lfs_dir {self.lfs_dir} is not writable ({e.strerror or e}); '
-                              'fix its permissions or point --lfs_dir elsewhere') from None
+            raise ReplayError(
+                f'--lfs_dir {self.lfs_dir} is not writable ({e.strerror or e}); '
+                'fix its permissions or point --lfs_dir elsewhere'
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise ReplayError(f'--lfs_dir {self.lfs_dir} is in use by another run; '
-                              'wait for it to end or use another --lfs_dir') from None
+            raise ReplayError(
+                f'--lfs_dir {self.lfs_dir} is in use by another run; '
+                'wait for it to end or use another --lfs_dir'
+            ) from None
         except OSError:
             pass  # a file system without locks: go on unlocked
         self._lock_fd = fd
@@ -252,7 +278,9 @@ class LfsReplay(WindowSampler):
         except FileNotFoundError:
             return None
         except ValueError:
-            raise ReplayError(f'{self.lfs_dir / META} is corrupt; delete it (the chunks describe themselves)') from None
+            raise ReplayError(
+                f'{self.lfs_dir / META} is corrupt; delete it (the chunks describe themselves)'
+            ) from None
 
     def _set_schema(self, schema) -> None:
         """Records the step schema (LFS.json), checks the free space of the
@@ -260,7 +288,8 @@ class LfsReplay(WindowSampler):
         if self.schema is not None and self.schema != schema:
             raise ReplayError(
                 f'--lfs_dir {self.lfs_dir} holds steps {self._describe(self.schema)}; this environment gives '
-                f'{self._describe(schema)}: use another --lfs_dir for a different environment')
+                f'{self._describe(schema)}: use another --lfs_dir for a different environment'
+            )
         if self.check_space:
             bps = _row_bytes(schema)
             steps = self.num_workers * (self.per_worker + 2 * self.chunk)
@@ -273,12 +302,15 @@ class LfsReplay(WindowSampler):
                     f'lfs replay needs {fmt_bytes(needed)} in {self.lfs_dir} for {self.capacity:,} steps '
                     f'({bps:,} bytes each, plus two {self.chunk}-step chunks per worker) but only '
                     f'{fmt_bytes(free + have)} is available there; shrink it with --replay_size N '
-                    f'(N <= {max(fits, 0):,} fits) or point --lfs_dir at a disk with more space')
+                    f'(N <= {max(fits, 0):,} fits) or point --lfs_dir at a disk with more space'
+                )
         if self.schema is None:
             text = json.dumps(dict(version=_VERSION, num_workers=self.num_workers, schema=schema)).encode()
             atomic_write(self.lfs_dir / META, lambda f: f.write(text))
         self.schema = schema
-        self._stage = {s['key']: np.zeros((self.num_workers, self.chunk, *s['shape']), s['dtype']) for s in schema}
+        self._stage = {
+            s['key']: np.zeros((self.num_workers, self.chunk, *s['shape']), s['dtype']) for s in schema
+        }
 
     @staticmethod
     def _describe(schema) -> str:
@@ -310,8 +342,11 @@ class LfsReplay(WindowSampler):
             size = write_chunk(path, worker, start, self.schema, arrays)
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise OSError(e.errno, f'--lfs_dir {self.lfs_dir} is full (writing {path.name}); free space '
-                                       'there or use a smaller --replay_size') from e
+                raise OSError(
+                    e.errno,
+                    f'--lfs_dir {self.lfs_dir} is full (writing {path.name}); free space '
+                    'there or use a smaller --replay_size',
+                ) from e
             raise
         end = start + len(arrays[self.schema[0]['key']])
         with self._mutex:
@@ -328,7 +363,9 @@ class LfsReplay(WindowSampler):
     def _check(self):
         if self._error is not None:
             e = self._error
-            raise ReplayError(f'lfs replay: writing to {self.lfs_dir} failed: {e.strerror if isinstance(e, OSError) and e.strerror else e}')
+            raise ReplayError(
+                f'lfs replay: writing to {self.lfs_dir} failed: {e.strerror if isinstance(e, OSError) and e.strerror else e}'
+            )
 
     def _enqueue(self, worker, rows):
         """Queues the current chunk of ``worker`` with its first ``rows`` staged steps."""
@@ -367,8 +404,9 @@ class LfsReplay(WindowSampler):
             return MemoryReplay(self.capacity, self.num_workers, seed=self.seed)
         if not reuse:
             self._wipe_local()
-        return DiskReplay(self.local_dir, self.capacity, self.num_workers, seed=self.seed,
-                          check_space=self.check_space)
+        return DiskReplay(
+            self.local_dir, self.capacity, self.num_workers, seed=self.seed, check_space=self.check_space
+        )
 
     def _ensure(self):
         if not self._ready:
@@ -399,7 +437,9 @@ class LfsReplay(WindowSampler):
                     if schema is None:
                         schema = header['keys']
                     elif header['keys'] != schema:
-                        raise ValueError(f'it holds {self._describe(header["keys"])}, not {self._describe(schema)}')
+                        raise ValueError(
+                            f'it holds {self._describe(header["keys"])}, not {self._describe(schema)}'
+                        )
                 except (OSError, ValueError) as e:
                     warn(f'skipping replay chunk {path}: {e}; renamed to {path.name}.corrupt')
                     try:
@@ -465,9 +505,12 @@ class LfsReplay(WindowSampler):
             self.base[w] = self.pos[w] - self.local.counts[w]
         self._ready = True
         if self.verbose and read:
-            print(f'replay: {"restored" if resume is None else "caught up"} {steps:,} steps of '
-                  f'{self.num_workers} workers from {read} chunks in {self.lfs_dir} '
-                  f'({time.time() - t0:.1f} s); replay size {len(self):,}', flush=True)
+            print(
+                f'replay: {"restored" if resume is None else "caught up"} {steps:,} steps of '
+                f'{self.num_workers} workers from {read} chunks in {self.lfs_dir} '
+                f'({time.time() - t0:.1f} s); replay size {len(self):,}',
+                flush=True,
+            )
 
     # The replay interface.
 
@@ -528,10 +571,19 @@ class LfsReplay(WindowSampler):
         if directory is not None:
             directory = pathlib.Path(directory)
             directory.mkdir(parents=True, exist_ok=True)
-            manifest = dict(version=_VERSION, kind='lfs', lfs_dir=str(self.lfs_dir), capacity=self.capacity,
-                            num_workers=self.num_workers, chunk=self.chunk, local=self.local_kind,
-                            pos=self.pos.tolist(), base=self.base.tolist(),
-                            rng=self.local.rng.bit_generator.state, time=time.time())
+            manifest = dict(
+                version=_VERSION,
+                kind='lfs',
+                lfs_dir=str(self.lfs_dir),
+                capacity=self.capacity,
+                num_workers=self.num_workers,
+                chunk=self.chunk,
+                local=self.local_kind,
+                pos=self.pos.tolist(),
+                base=self.base.tolist(),
+                rng=self.local.rng.bit_generator.state,
+                time=time.time(),
+            )
             text = json.dumps(manifest).encode()
             atomic_write(directory / MANIFEST, lambda f: f.write(text))
         return self.info()
@@ -547,11 +599,16 @@ class LfsReplay(WindowSampler):
             m = json.loads(path.read_text())
         except ValueError:
             raise ReplayError(f'{path} is corrupt') from None
-        if (m.get('kind'), m.get('capacity'), m.get('num_workers')) != ('lfs', self.capacity, self.num_workers):
+        if (m.get('kind'), m.get('capacity'), m.get('num_workers')) != (
+            'lfs',
+            self.capacity,
+            self.num_workers,
+        ):
             raise ReplayError(
                 f'{path} is for an lfs replay of capacity {m.get("capacity")} with {m.get("num_workers")} workers; '
                 f'this run asks for {self.capacity} with {self.num_workers}: use the same --replay_size and '
-                'envs.amount, or a new --logdir (the replay is then rebuilt from --lfs_dir)')
+                'envs.amount, or a new --logdir (the replay is then rebuilt from --lfs_dir)'
+            )
         if self._ready:
             self.flush()
         if self.local is not None and hasattr(self.local, 'close'):
@@ -564,8 +621,11 @@ class LfsReplay(WindowSampler):
                 if self.local.load(directory):
                     resume = np.asarray(m['pos'], np.int64)
             except ReplayError as e:
-                print(f'replay: the local tier in {self.local_dir} does not match the checkpoint ({e}); '
-                      f'rebuilding it from {self.lfs_dir}', flush=True)
+                print(
+                    f'replay: the local tier in {self.local_dir} does not match the checkpoint ({e}); '
+                    f'rebuilding it from {self.lfs_dir}',
+                    flush=True,
+                )
                 resume = None
         self._rebuild(resume)
         if self.local_kind == 'memory':
@@ -606,7 +666,16 @@ class LfsReplay(WindowSampler):
         with self._mutex:
             chunks = sum(len(c) for c in self._catalog)
             durable_bytes = sum(self._sizes.values())
-        return dict(kind='lfs', size=len(self), capacity=self.capacity, num_workers=self.num_workers,
-                    counts=[int(c) for c in self.local.counts], lfs_dir=str(self.lfs_dir), chunk=self.chunk,
-                    durable_pos=self.pos.tolist(), chunks=chunks, durable_bytes=durable_bytes,
-                    local=self.local.info())
+        return dict(
+            kind='lfs',
+            size=len(self),
+            capacity=self.capacity,
+            num_workers=self.num_workers,
+            counts=[int(c) for c in self.local.counts],
+            lfs_dir=str(self.lfs_dir),
+            chunk=self.chunk,
+            durable_pos=self.pos.tolist(),
+            chunks=chunks,
+            durable_bytes=durable_bytes,
+            local=self.local.info(),
+        )

@@ -76,8 +76,13 @@ class WindowSampler:
 
     def info(self) -> dict:
         """Small JSON-able summary for checkpoint metadata."""
-        return dict(kind=self.KIND, size=len(self), capacity=self.capacity, num_workers=self.num_workers,
-                    counts=[int(c) for c in self.counts])
+        return dict(
+            kind=self.KIND,
+            size=len(self),
+            capacity=self.capacity,
+            num_workers=self.num_workers,
+            counts=[int(c) for c in self.counts],
+        )
 
     def _draw(self, batch_size: int, length: int):
         """(worker [B], start [B]): start is the ever-written index of each window's first step."""
@@ -210,18 +215,34 @@ class MemoryReplay(WindowSampler):
                     name = None
                 if name is None and begin >= lo:  # full and still in the ring
                     rows = self._rows(w, np.arange(begin, begin + chunk))
-                    name = shared.put(f'replay-w{w}-{begin}', _npz_bytes(dict(rows, header=np.array(
-                        json.dumps(dict(keys=keys, worker=w, start=begin))))))
+                    name = shared.put(
+                        f'replay-w{w}-{begin}',
+                        _npz_bytes(
+                            dict(rows, header=np.array(json.dumps(dict(keys=keys, worker=w, start=begin))))
+                        ),
+                    )
                     self._chunks[(w, begin, chunk)] = name
                 if name is not None:
                     chunks.append(dict(name=name, worker=w, start=begin, length=chunk))
-                    covered[max(begin, lo) - lo:begin + chunk - lo] = True
+                    covered[max(begin, lo) - lo : begin + chunk - lo] = True
             loose.append((w, lo + np.flatnonzero(~covered)))
-        header = dict(kind='memory', version=2, capacity=self.capacity, num_workers=self.num_workers, keys=keys,
-                      rng=self.rng.bit_generator.state, chunks=chunks)
+        header = dict(
+            kind='memory',
+            version=2,
+            capacity=self.capacity,
+            num_workers=self.num_workers,
+            keys=keys,
+            rng=self.rng.bit_generator.state,
+            chunks=chunks,
+        )
         worker = np.concatenate([np.full(len(i), w) for w, i in loose])
         index = np.concatenate([i for _, i in loose])
-        arrays = {'header': np.array(json.dumps(header)), 'counts': self.counts, 'worker': worker, 'index': index}
+        arrays = {
+            'header': np.array(json.dumps(header)),
+            'counts': self.counts,
+            'worker': worker,
+            'index': index,
+        }
         if keys:
             pos = index % self.per_worker
             arrays.update({f'data{i}': self.data[key][worker, pos] for i, key in enumerate(keys)})
@@ -256,7 +277,7 @@ class MemoryReplay(WindowSampler):
                 saved = f[f'data{i}']
                 data[key] = np.zeros((self.num_workers, self.per_worker) + saved.shape[1:], saved.dtype)
                 if header.get('version', 1) == 1:  # [W, filled, ...]: ring slots as they were
-                    data[key][:, :saved.shape[1]] = saved
+                    data[key][:, : saved.shape[1]] = saved
                 else:
                     data[key][f['worker'], f['index'] % self.per_worker] = saved
         self._chunks = {}
@@ -274,4 +295,3 @@ class MemoryReplay(WindowSampler):
         self.data = data or None
         self.rng.bit_generator.state = header['rng']
         return True
-
