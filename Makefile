@@ -35,7 +35,7 @@ python-deps:
 	want="$$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1) $$("$(PY)" -c 'import sys; print(sys.version.split()[0])')"; \
 	if [ -f "$(INSTALL_STAMP)" ] && [ "$$(cat "$(INSTALL_STAMP)")" = "$$want" ]; then exit 0; fi; \
 	"$(PY)" -m pip install -q --upgrade pip || echo "warning: could not upgrade pip; continuing"; \
-	"$(PY)" -m pip install -c constraints.txt -e ".[mmaze,wandb,test]"; \
+	"$(PY)" -m pip install -c constraints.txt -e ".[mmaze,wandb,test,ray]"; \
 	echo "$$want" > "$(INSTALL_STAMP)"
 
 # Installs missing Debian libraries with apt-get when root or passwordless sudo is available.

@@ -12,6 +12,13 @@ return of the last `--last` episodes. For bsuite tasks they also get bsuite's ow
 experiment (bsuite_score.py; `summary_bsuite.csv` has it per experiment and setting).
 
   python -m recall2imagine.sweep --summarize ~/logdir/sweep    # rewrite the summary only
+
+`--backend ray` (the `[ray]` extra) runs each task and seed as a Ray task asking for
+`--cpus_per_run` / `--gpus_per_run`, on a Ray instance started here or on the cluster at
+`--address` (then `--logdir` must be a path every node sees, e.g. a shared file system, and every
+node needs this package installed). A run whose training process is killed (e.g. by Ray's memory
+monitor) or whose worker or node dies is started again, up to `--retries` times, and resumes from
+its checkpoint; the summary says how many attempts it took.
 """
 
 import argparse
@@ -63,15 +70,12 @@ def final_return(directory, last=50):
     return (float(np.mean(scores[-last:])) if scores else float("nan")), len(scores)
 
 
-def _run_one(job, stop):
-    """Train one (task, seed) to completion in a subprocess; returns its status."""
-    directory = job["dir"]
-    if (directory / "done.json").exists():
-        return "done (skipped)"
-    if stop["now"]:  # picked up from the queue after Ctrl-C
-        return "not started"
-    directory.mkdir(parents=True, exist_ok=True)
-    cmd = [
+class RunKilled(RuntimeError):
+    """A run's training process was killed by a signal (e.g. out of memory); Ray retries it."""
+
+
+def _train_command(job):
+    return [
         sys.executable,
         "-m",
         "recall2imagine.train",
@@ -82,24 +86,144 @@ def _run_one(job, stop):
         "--seed",
         str(job["seed"]),
         "--logdir",
-        str(directory),
+        str(job["dir"]),
         *job["extra"],
     ]
+
+
+def _starts(directory) -> int:
+    """How often the sweep has started this run's training (commands logged in sweep.log)."""
+    log = pathlib.Path(directory) / "sweep.log"
+    return log.read_text().count("\n$ ") if log.exists() else 0
+
+
+def _die_with_parent():  # Linux: the run gets SIGTERM (it saves) when the process that started it dies
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _run_one(job, stop, killed_raises=False):
+    """Train one (task, seed) to completion in a subprocess; returns its status. A KeyboardInterrupt
+    (or `stop["now"]`) stops the run with SIGINT: it saves a checkpoint and its logs. With
+    `killed_raises` (Ray), a run killed by a signal raises RunKilled, for Ray to retry it."""
+    directory = job["dir"]
+    if (directory / "done.json").exists():
+        return "done (skipped)"
+    if stop["now"]:  # picked up from the queue after Ctrl-C
+        return "not started"
+    directory.mkdir(parents=True, exist_ok=True)
+    cmd = _train_command(job)
     with open(directory / "sweep.log", "a") as log:
         log.write(f"\n$ {' '.join(cmd)}\n")
         log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        while proc.poll() is None:
-            if stop["now"]:
-                proc.send_signal(signal.SIGINT)  # the run saves a checkpoint and its logs
-                proc.wait()
-                return "interrupted"
-            time.sleep(0.5)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if killed_raises and sys.platform == "linux" else None,
+        )
+        try:
+            while proc.poll() is None:
+                if stop["now"]:
+                    raise KeyboardInterrupt
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGINT)  # the run saves a checkpoint and its logs
+            proc.wait()
+            return "interrupted"
+    if proc.returncode < 0 and killed_raises:
+        raise RunKilled(f"{job['task']} seed {job['seed']} was killed by signal {-proc.returncode}")
     if proc.returncode != 0:
         return f"failed (exit {proc.returncode}, see {directory / 'sweep.log'})"
     score, episodes = final_return(directory)
     (directory / "done.json").write_text(json.dumps({"score": score, "episodes": episodes}))
     return "done"
+
+
+def _run_local(jobs, workers, statuses):
+    """Runs the jobs in `workers` threads, each driving one training subprocess at a time."""
+    stop = {"now": False}
+    pool = concurrent.futures.ThreadPoolExecutor(max(1, workers))
+    futures = {pool.submit(_run_one, job, stop): i for i, job in enumerate(jobs)}
+    try:
+        for future in concurrent.futures.as_completed(futures):
+            i = futures[future]
+            statuses[i] = future.result()
+            print(f"  {jobs[i]['task']} seed {jobs[i]['seed']}: {statuses[i]}", flush=True)
+    except KeyboardInterrupt:
+        stop["now"] = True
+        _say_interrupted()
+        for future, i in [(f, i) for f, i in futures.items() if not f.cancel()]:
+            statuses[i] = future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _say_interrupted():
+    print(
+        "\ninterrupted: stopping runs (each saves a checkpoint); run the same command to continue", flush=True
+    )
+
+
+def _run_ray(jobs, args, statuses):
+    """Runs each job as a Ray task asking for `cpus_per_run` / `gpus_per_run`, on a local Ray instance
+    or the cluster at `address`. A run whose process was killed, or whose worker or node died, is
+    retried up to `retries` times; it resumes from its checkpoint."""
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(
+            address=args.address,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="ERROR",
+            configure_logging=False,
+        )
+    task = ray.remote(_ray_task).options(
+        num_cpus=args.cpus_per_run,
+        num_gpus=args.gpus_per_run,
+        max_retries=args.retries,
+        retry_exceptions=[RunKilled],
+    )
+    before = [_starts(job["dir"]) for job in jobs]
+    refs = {task.remote(job): i for i, job in enumerate(jobs)}
+    pending = list(refs)
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+            for ref in done:
+                i = refs[ref]
+                try:
+                    statuses[i] = ray.get(ref)
+                except ray.exceptions.RayError as e:  # killed too often, worker or node lost, ...
+                    statuses[i] = f"failed ({_one_line(e)})"
+                attempts = _starts(jobs[i]["dir"]) - before[i]
+                if attempts > 1:
+                    statuses[i] += f" after {attempts} attempts"
+                print(f"  {jobs[i]['task']} seed {jobs[i]['seed']}: {statuses[i]}", flush=True)
+    except KeyboardInterrupt:
+        _say_interrupted()
+        for ref in pending:
+            ray.cancel(ref)  # a KeyboardInterrupt in the task: its run saves and stops
+        ray.wait(pending, num_returns=len(pending), timeout=600)
+        for ref in pending:
+            i = refs[ref]
+            statuses[i] = "interrupted" if _starts(jobs[i]["dir"]) > before[i] else "not started"
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _ray_task(job):  # runs in a Ray worker
+    return _run_one(job, {"now": False}, killed_raises=True)
+
+
+def _one_line(e):
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1] if text else ''}"[:300]
 
 
 def _interrupt(signum, frame):
@@ -182,6 +306,25 @@ def summarise(root, jobs, statuses, last):
     return rows
 
 
+def _check_backend(args):
+    """Raises ValueError (one line, what to do) for options the chosen backend cannot use."""
+    if args.backend == "local":
+        if args.address:
+            raise ValueError("--address is for --backend ray")
+        return
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            "--backend ray needs Ray: pip install 'recall2imagine[ray]' (or pip install ray)"
+        ) from None
+    if not args.cpus_per_run > 0 or args.gpus_per_run < 0 or args.retries < 0:
+        raise ValueError(
+            f"--cpus_per_run must be > 0, --gpus_per_run and --retries >= 0; got {args.cpus_per_run}, "
+            f"{args.gpus_per_run}, {args.retries}"
+        )
+
+
 def existing_jobs(root):
     """The runs of a sweep folder (`<root>/<task>/seed<k>` with the task in config.yaml), in task order."""
     import yaml
@@ -201,7 +344,19 @@ def main(argv=None):
     p.add_argument("--configs", nargs="+")
     p.add_argument("--tasks", nargs="+", help="task strings; `suite:exp/0-10` is a range")
     p.add_argument("--seeds", type=int, default=1, help="seeds 0 .. N-1 per task")
-    p.add_argument("--workers", type=int, default=2, help="runs in parallel")
+    p.add_argument("--workers", type=int, default=2, help="runs in parallel (local backend)")
+    p.add_argument(
+        "--backend",
+        choices=["local", "ray"],
+        default="local",
+        help="local: subprocesses on this machine; ray: one Ray task per run (pip install '.[ray]')",
+    )
+    p.add_argument("--address", help="ray: an existing cluster (auto, or HOST:PORT); default: start Ray here")
+    p.add_argument("--cpus_per_run", type=float, default=1.0, help="ray: CPUs each run asks for")
+    p.add_argument("--gpus_per_run", type=float, default=0.0, help="ray: GPUs each run asks for")
+    p.add_argument(
+        "--retries", type=int, default=2, help="ray: restarts of a run that was killed or lost its node"
+    )
     p.add_argument("--logdir")
     p.add_argument("--last", type=int, default=50, help="episodes averaged for the final return")
     p.add_argument(
@@ -221,6 +376,7 @@ def main(argv=None):
         p.error("--configs, --tasks and --logdir are required (or --summarize DIR)")
     try:
         tasks = expand_tasks(args.tasks)
+        _check_backend(args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -230,35 +386,32 @@ def main(argv=None):
         for s in range(args.seeds)
     ]
     pathlib.Path(args.logdir).mkdir(parents=True, exist_ok=True)
+    how = (
+        f"{args.workers} at a time"
+        if args.backend == "local"
+        else f"as Ray tasks of {args.cpus_per_run:g} CPU and {args.gpus_per_run:g} GPU"
+    )
     print(
-        f"sweep: {len(jobs)} runs ({len(tasks)} tasks x {args.seeds} seeds), {args.workers} at a time, "
-        f"in {args.logdir}",
+        f"sweep: {len(jobs)} runs ({len(tasks)} tasks x {args.seeds} seeds), {how}, in {args.logdir}",
         flush=True,
     )
-    stop = {"now": False}
     statuses = ["not started"] * len(jobs)
     # Ctrl-C and SIGTERM both stop the runs cleanly. Installed explicitly: a sweep started in the
     # background (`cmd &`, nohup) inherits an ignored SIGINT, and SIGTERM's default would kill the
     # sweep alone and orphan its runs, which live in their own sessions.
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    pool = concurrent.futures.ThreadPoolExecutor(max(1, args.workers))
-    futures = {pool.submit(_run_one, job, stop): i for i, job in enumerate(jobs)}
     try:
-        for future in concurrent.futures.as_completed(futures):
-            i = futures[future]
-            statuses[i] = future.result()
-            print(f"  {jobs[i]['task']} seed {jobs[i]['seed']}: {statuses[i]}", flush=True)
-    except KeyboardInterrupt:
-        stop["now"] = True
-        print(
-            "\ninterrupted: stopping runs (each saves a checkpoint); run the same command to continue",
-            flush=True,
-        )
-        running = [(future, i) for future, i in futures.items() if not future.cancel()]
-        for future, i in running:
-            statuses[i] = future.result()
+        if args.backend == "ray":
+            try:
+                _run_ray(jobs, args, statuses)
+            except ConnectionError as e:  # ray.init: no cluster at --address
+                print(
+                    f"error: cannot reach the Ray cluster at {args.address}: {_one_line(e)}", file=sys.stderr
+                )
+                return 2
+        else:
+            _run_local(jobs, args.workers, statuses)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     summarise(args.logdir, jobs, statuses, args.last)

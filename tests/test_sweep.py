@@ -1,4 +1,5 @@
 import csv
+import importlib.util
 import json
 import os
 import pathlib
@@ -23,8 +24,8 @@ def test_expand_tasks():
         sweep.expand_tasks(["bsuite:memory_len/4-2"])
 
 
-def test_two_tiny_runs_and_summary(tmp_path, capsys):
-    argv = [
+def _tiny_argv(logdir, *backend):
+    return [
         "--configs",
         "bsuite",
         "debug",
@@ -32,10 +33,9 @@ def test_two_tiny_runs_and_summary(tmp_path, capsys):
         "bsuite:memory_len/0-1",
         "--seeds",
         "1",
-        "--workers",
-        "2",
+        *backend,
         "--logdir",
-        str(tmp_path),
+        str(logdir),
         "--run.steps",
         "150",
         "--run.loggers",
@@ -43,7 +43,24 @@ def test_two_tiny_runs_and_summary(tmp_path, capsys):
         "--last",
         "10",
     ]
-    assert sweep.main(argv) == 0
+
+
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory):
+    """Two tiny bsuite runs with the local backend: (logdir, argv, exit code)."""
+    tmp_path = tmp_path_factory.mktemp("local")
+    argv = _tiny_argv(tmp_path, "--workers", "2")
+    return tmp_path, argv, sweep.main(argv)
+
+
+def _rows(logdir):
+    with open(pathlib.Path(logdir) / "summary.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_two_tiny_runs_and_summary(local_sweep, capsys):
+    tmp_path, argv, code = local_sweep
+    assert code == 0
     with open(tmp_path / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["task"] for r in rows] == ["bsuite:memory_len/0", "bsuite:memory_len/1"]
@@ -64,6 +81,28 @@ def test_two_tiny_runs_and_summary(tmp_path, capsys):
     capsys.readouterr()
     assert sweep.main(argv) == 0
     assert capsys.readouterr().out.count(": done (skipped)") == 2
+
+
+def test_ray_backend_gives_the_local_summary(local_sweep, tmp_path, capsys):
+    """The same two runs as Ray tasks: the same scores and episode counts (same seeds), and a second
+    call skips them."""
+    pytest.importorskip("ray")
+    argv = _tiny_argv(tmp_path, "--backend", "ray", "--cpus_per_run", "1")
+    assert sweep.main(argv) == 0
+    key = lambda r: (r["task"], r["seed"], r["score"], r["episodes"], r["bsuite_setting_score"])
+    assert [key(r) for r in _rows(tmp_path)] == [key(r) for r in _rows(local_sweep[0])]
+    assert {r["status"] for r in _rows(tmp_path)} == {"done"}
+    capsys.readouterr()
+    assert sweep.main(argv) == 0
+    assert capsys.readouterr().out.count(": done (skipped)") == 2
+
+
+def test_backend_options_are_checked(tmp_path, capsys):
+    assert sweep.main(_tiny_argv(tmp_path, "--address", "auto")) == 2
+    assert "--address is for --backend ray" in capsys.readouterr().err
+    if importlib.util.find_spec("ray") is not None:
+        assert sweep.main(_tiny_argv(tmp_path, "--backend", "ray", "--cpus_per_run", "0")) == 2
+        assert "--cpus_per_run must be > 0" in capsys.readouterr().err
 
 
 def test_interrupted_sweep_keeps_its_episodes_and_continues(tmp_path):
@@ -133,3 +172,29 @@ def test_interrupted_sweep_keeps_its_episodes_and_continues(tmp_path):
         assert [r["status"] for r in csv.DictReader(f)] == ["done", "done"]
     assert sweep.final_return(first)[1] > before  # resumed: the old episodes plus new ones
     assert "resum" in (first / "sweep.log").read_text().lower()
+
+
+@pytest.mark.slow
+def test_ray_retries_a_killed_run_from_its_checkpoint(tmp_path):
+    """SIGKILL the training process of a Ray run after its first checkpoint: Ray starts it again, it
+    resumes from the checkpoint and finishes, and the summary says it took two attempts."""
+    pytest.importorskip("ray")
+    root = pathlib.Path(__file__).resolve().parent.parent
+    argv = [sys.executable, "-m", "recall2imagine.sweep", *_tiny_argv(tmp_path, "--backend", "ray")]
+    argv[argv.index("bsuite:memory_len/0-1")] = "bsuite:memory_len/0"
+    argv[argv.index("150")] = "3000"
+    argv += ["--run.save_every", "2"]
+    proc = subprocess.Popen(argv, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = tmp_path / "bsuite_memory_len_0" / "seed0"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((run / "checkpoints").glob("ckpt-*/COMMIT")):
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.5)
+    pids = subprocess.run(["pgrep", "-f", f"recall2imagine.train.*{run}"], capture_output=True, text=True)
+    assert pids.stdout.split(), "the run's training process was not found"
+    for pid in pids.stdout.split():
+        os.kill(int(pid), signal.SIGKILL)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    assert _rows(tmp_path)[0]["status"] == "done after 2 attempts"
+    assert "resumed from" in (run / "sweep.log").read_text()
