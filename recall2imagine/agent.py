@@ -301,7 +301,9 @@ class Agent:
         if not 0 < context < T:
             raise ValueError(f"open-loop context must be in [1, {T - 1}] for sequences of {T}, got {context}")
         batch = {k: v for k, v in batch.items() if not k.startswith("log_")}
-        pred = jax.device_get(self._openloop(self.state.wm, batch, key, context))
+        # with several processes the live state spans all of them: predict with this process's copy
+        wm = self._acting_params()[0] if self.place.processes > 1 else self.state.wm
+        pred = jax.device_get(self._openloop(wm, batch, key, context))
         return {k: (np.asarray(batch[k]), np.asarray(v)) for k, v in pred.items()}
 
     # ------------------------------------------------------------ training
@@ -309,7 +311,7 @@ class Agent:
     def train(self, batch, key):
         """One update on a replay batch (dict of [B, T, ...] numpy arrays). Returns metrics (device)."""
         batch = self.place.batch({k: v for k, v in batch.items() if not k.startswith("log_")})
-        self._state, metrics = self._train(key, self._state, batch)
+        self._state, metrics = self._train(self.place.replicate(key), self._state, batch)
         self._since_sync += 1
         if not self.place.shared and self._since_sync >= self.cfg.jax.sync_every:
             self._sync_policy()

@@ -677,7 +677,9 @@ RANGES = (
     (r'run\.train_ratio', '(0, inf)'),  # 0 would mean no training at all
     (r'run\.(train_fill|log_every|eval_eps|report_every)', '[0, inf)'),
     (r'run\.report_context|jax\.sync_every|envs\.amount|envs\.size', '[1, inf)'),
-    (r'jax\.(train|policy)_devices', '[0, inf)'),
+    (r'jax\.(train|policy)_devices|jax\.process_id', '[0, inf)'),
+    (r'jax\.num_processes', '[1, inf)'),
+    (r'jax\.coordinator_timeout', '(0, inf)'),
     (r'envs\.length', '[0, inf)'),  # 0: no time limit
     (r'rssm\.(deter|units|hidden|stoch|classes)|ssm\.(n_layers|n_blocks)', '[1, inf)'),
     (r'.*unimix|ssm\.dropout', '[0, 1)'),
@@ -748,6 +750,19 @@ def check_ranges(cfg: Config) -> None:
     need(
         flat['rssm.hidden'] % flat['ssm.n_blocks'] == 0,
         f'--rssm.hidden {flat["rssm.hidden"]} (SSM state size) must be a multiple of --ssm.n_blocks {flat["ssm.n_blocks"]}',
+    )
+    procs = flat['jax.num_processes']
+    need(
+        flat['jax.process_id'] < procs,
+        f'--jax.process_id {flat["jax.process_id"]} must be below --jax.num_processes {procs}',
+    )
+    need(
+        (procs > 1) == bool(flat['jax.coordinator']),
+        '--jax.coordinator HOST:PORT (process 0\'s address) is needed with --jax.num_processes > 1, and only then',
+    )
+    need(
+        flat['batch_size'] % procs == 0,
+        f'--batch_size {flat["batch_size"]} is the global batch: it must be divisible by --jax.num_processes {procs}',
     )
     per_env = flat['replay_size'] // flat['envs.amount']
     need(

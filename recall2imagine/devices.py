@@ -20,14 +20,16 @@ def resolve_precision(precision):
 
 
 def resolve_devices(cfg):
-    """(train devices, policy device) from `--jax.train_devices` / `--jax.policy_devices`.
+    """(train devices, policy device) from `--jax.train_devices` / `--jax.policy_devices`, ids of this
+    process's devices. With several processes (`--jax.num_processes`) the train devices are those ids
+    on every process, in process order: the mesh spans them all.
 
     Raises ConfigError (one line, says what to set) for an id that does not exist, a repeated train
     device, more than one policy device, or a batch size the train devices do not divide.
     """
     from recall2imagine.config import ConfigError
 
-    devices = jax.devices()
+    devices = jax.local_devices()
     available = f"available on {jax.default_backend()}: " + ", ".join(
         f"{i} ({d.device_kind})" for i, d in enumerate(devices)
     )
@@ -46,14 +48,17 @@ def resolve_devices(cfg):
             f"--jax.policy_devices {' '.join(map(str, policy_ids))}: the policy runs on one "
             f"device; give one id, e.g. --jax.policy_devices {policy_ids[0]}"
         )
-    n, B = len(train_ids), cfg.batch_size
+    procs = jax.process_count()
+    n, B = len(train_ids) * procs, cfg.batch_size
     if B % n:
+        where = f" on each of {procs} processes" if procs > 1 else ""
         raise ConfigError(
             f"--batch_size {B} is not divisible by the {n} train devices (--jax.train_devices "
-            f"{' '.join(map(str, train_ids))}): the batch is split along B; set --batch_size to a multiple "
-            f"of {n} (e.g. {-(-B // n) * n})"
+            f"{' '.join(map(str, train_ids))}{where}): the batch is split along B; set --batch_size to a "
+            f"multiple of {n} (e.g. {-(-B // n) * n})"
         )
-    return [devices[i] for i in train_ids], devices[policy_ids[0]]
+    train = [jax.local_devices(process_index=p)[i] for p in range(procs) for i in train_ids]
+    return train, devices[policy_ids[0]]
 
 
 _copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))  # fresh buffers on the input's device
@@ -63,13 +68,16 @@ class Placement:
     """Where the agent's arrays live.
 
     Training is data-parallel over the train devices (a 1-D mesh; the batch [B, T, ...] is split along
-    B, the state is replicated and GSPMD all-reduces the gradients). The policy runs on the policy
-    device: with one train device that is also the policy device (`shared`) it reads the live
-    parameters, else a copy (`policy_copy`) the agent refreshes every `jax.sync_every` updates.
+    B, the state is replicated and GSPMD all-reduces the gradients). With several processes the mesh
+    spans the train devices of all of them and each process supplies its share of the batch. The
+    policy runs on this process's policy device: with one train device that is also the policy
+    device (`shared`) it reads the live parameters, else a copy (`policy_copy`) the agent refreshes
+    every `jax.sync_every` updates.
     """
 
     def __init__(self, cfg):
         self.train_devices, self.policy_device = resolve_devices(cfg)
+        self.processes = jax.process_count()
         self.mesh = None
         if len(self.train_devices) == 1:
             self.state_sharding = self.batch_sharding = jax.sharding.SingleDeviceSharding(
@@ -83,17 +91,29 @@ class Placement:
 
     def state(self, tree):
         """`tree` (a module pytree) replicated on the train devices (a restored checkpoint arrives on the
-        default device). Saving needs nothing: every leaf is whole on each train device."""
+        default device). Saving needs nothing: every leaf is whole on each train device. With several
+        processes every process must pass the same values (the same seed, the same checkpoint)."""
         arrays, static = eqx.partition(tree, eqx.is_array)
+        if self.processes > 1:  # from host memory: each process provides its devices' copies
+            arrays = jax.tree.map(lambda x: np.asarray(_local(x)), arrays)
         return eqx.combine(jax.device_put(arrays, self.state_sharding), static)
 
+    def replicate(self, x):
+        """A small array (e.g. a PRNG key, the same on every process) replicated on the train devices."""
+        return jax.device_put(np.asarray(x) if self.processes > 1 else x, self.state_sharding)
+
     def batch(self, batch):
-        """A replay batch {key: [B, T, ...]} split along B over the train devices."""
-        B, n = len(batch["is_first"]), len(self.train_devices)
+        """This process's replay batch {key: [B / processes, T, ...]} as the global batch, split along
+        B over the train devices."""
+        B, n = len(batch["is_first"]), len(self.train_devices) // self.processes
         if B % n:
             raise ValueError(
                 f"batch size {B} is not divisible by the {n} train devices; "
                 f"sample a multiple of {n} (--batch_size)"
+            )
+        if self.processes > 1:
+            return jax.tree.map(
+                lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x), batch
             )
         return jax.device_put(batch, self.batch_sharding)
 
@@ -107,9 +127,14 @@ class Placement:
     def policy_copy(self, tree):
         """A copy of `tree` (a module pytree) on the policy device, in buffers of its own."""
         arrays, static = eqx.partition(tree, eqx.is_array)
-        arrays = jax.device_put(arrays, self.policy_device)
+        arrays = jax.device_put(jax.tree.map(_local, arrays), self.policy_device)
         if self.policy_device in self.train_devices:
             # device_put hands back the train state's own buffers there (even with may_alias=False,
             # jax 0.10), which the next update donates: copy them
             arrays = _copy_tree(arrays)
         return eqx.combine(arrays, static)
+
+
+def _local(x):
+    """This process's copy of a replicated array (the array itself when it lives on this process alone)."""
+    return x if getattr(x, "is_fully_addressable", True) else x.addressable_data(0)

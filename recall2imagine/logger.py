@@ -324,6 +324,25 @@ class Logger:
         self._close_wandb()
 
 
+class NullLogger:
+    """The logger of processes other than process 0 in a multi-process run: writes nothing."""
+
+    def add(self, mapping, prefix=None) -> None:
+        pass
+
+    def episode(self, step, score, length, prefix='episode') -> None:
+        pass
+
+    def write(self, step) -> dict:
+        return {}
+
+    def summary(self) -> str:
+        return 'logs: written by process 0'
+
+    def close(self) -> None:
+        pass
+
+
 def _duration(seconds: float) -> str:
     if not math.isfinite(seconds) or seconds < 0:
         return '?'

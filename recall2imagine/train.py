@@ -17,6 +17,8 @@ import threading
 if __package__ in (None, ""):  # `python recall2imagine/train.py`: make the package importable
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
+import numpy as np
+
 from recall2imagine import config as configlib
 
 
@@ -32,6 +34,8 @@ def setup_jax(cfg):
     if platform != "auto":
         jax.config.update("jax_platforms", {"gpu": "cuda"}.get(platform, platform))
     jax.config.update("jax_disable_jit", not cfg.jax.jit)  # --jax.jit False: op by op, for debugging
+    if cfg.jax.num_processes > 1:
+        start_processes(cfg)
     try:
         backend = jax.default_backend()
     except RuntimeError as e:
@@ -49,6 +53,60 @@ def setup_jax(cfg):
         cfg
     )  # device ids exist, one policy device, batch_size divisible: fail before the envs start
     return backend
+
+
+def start_processes(cfg):
+    """Joins the run's processes through jax.distributed (CPU collectives over gloo) and checks that
+    all of them run the same config (but for `jax.process_id`)."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    from recall2imagine.checkpoint import config_hash
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    address, timeout, n, i = (
+        cfg.jax.coordinator,
+        cfg.jax.coordinator_timeout,
+        cfg.jax.num_processes,
+        cfg.jax.process_id,
+    )
+
+    def give_up():  # jax aborts the process with a stack trace when joining times out: stop first, in one line
+        print(
+            f"error: --jax.coordinator {address}: process {i} of {n} could not join within {timeout:g} s; start "
+            "every process with the same --jax.coordinator (process 0's host and a free port) and "
+            "--jax.num_processes, or raise --jax.coordinator_timeout",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(2)
+
+    watchdog = threading.Timer(timeout, give_up)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        jax.distributed.initialize(address, n, i, initialization_timeout=int(timeout) + 60)
+    except Exception as e:  # noqa: BLE001 - e.g. a malformed address
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise configlib.ConfigError(
+            f"--jax.coordinator {address}: process {i} of {n} could not join ({reason})"
+        )
+    finally:
+        watchdog.cancel()
+    mine = np.frombuffer(bytes.fromhex(config_hash(_shared_config(cfg))), np.uint8)
+    every = np.asarray(multihost_utils.process_allgather(mine)).reshape(cfg.jax.num_processes, -1)
+    differ = [i for i in range(len(every)) if not np.array_equal(every[i], every[0])]
+    if differ:  # every process stops, not only the odd one out
+        raise configlib.ConfigError(
+            f"process {', '.join(map(str, differ))} of {cfg.jax.num_processes} runs another config than "
+            "process 0: start all processes with the same flags (only --jax.process_id differs)"
+        )
+
+
+def _shared_config(cfg):
+    return {k: v for k, v in cfg.to_dict().items() if k != "jax"} | {
+        "jax": {k: v for k, v in cfg.jax.to_dict().items() if k != "process_id"}
+    }
 
 
 def check_logdir(cfg):

@@ -17,7 +17,7 @@ from recall2imagine.agent import Agent
 from recall2imagine.checkpoint import Checkpointer, CheckpointError, config_hash
 from recall2imagine.driver import Driver
 from recall2imagine.envs import env_options, make_env, memory_horizon, parse_task
-from recall2imagine.logger import Logger, Progress, check_outputs
+from recall2imagine.logger import Logger, NullLogger, Progress, check_outputs
 from recall2imagine.replay import make_replay
 from recall2imagine.report import openloop_report, write_episode_video
 from recall2imagine.util import warn
@@ -111,7 +111,17 @@ class Trainer:
         self.logdir = logdir = pathlib.Path(cfg.logdir or configlib.default_logdir(cfg)).expanduser()
         logdir.mkdir(parents=True, exist_ok=True)
         self.cfg = cfg = cfg.update({"logdir": str(logdir)})
-        cfg.save(logdir / "config.yaml")
+        # several processes (jax.distributed): each has its own envs and replay and supplies its share
+        # of the batch; process 0 ("lead") writes the config, logs, checkpoints, evaluations and reports
+        self.processes, self.rank = jax.process_count(), jax.process_index()
+        self.lead = self.rank == 0
+        if self.processes > 1 and cfg.replay != "memory" or cfg.use_lfs and self.processes > 1:
+            raise configlib.ConfigError(
+                "several processes (--jax.num_processes) train with the memory replay only; "
+                "drop --replay / --use_lfs"
+            )
+        if self.lead:
+            cfg.save(logdir / "config.yaml")
         print(f"logdir {logdir} | task {cfg.task} | backend {backend}", flush=True)
         message = window_warning(cfg.batch_length, memory_horizon(cfg.task, cfg.envs.length))
         if message:
@@ -127,19 +137,19 @@ class Trainer:
                 self.envs.append(
                     new_env(
                         cfg.task,
-                        seed=cfg.seed * 1000 + i,
+                        seed=cfg.seed * 1000 + self.rank * cfg.envs.amount + i,
                         bsuite_logdir=bsuite_dir if i == 0 else None,
                         **options,
                     )
                 )
-            if cfg.run.eval_eps > 0:
+            if cfg.run.eval_eps > 0 and self.lead:
                 self.eval_env = new_env(cfg.task, seed=cfg.seed * 1000 + 999, **options)
             self.act_space = self.envs[0].act_space
             self.replay = make_replay(
                 cfg.replay,
                 cfg.replay_size,
                 len(self.envs),
-                seed=cfg.seed,
+                seed=cfg.seed + 7919 * self.rank,
                 directory=cfg.replay_dir or logdir / "replay",
                 use_lfs=cfg.use_lfs,
                 lfs_dir=cfg.lfs_dir,
@@ -163,8 +173,8 @@ class Trainer:
         self.progress = Progress(
             cfg.run.steps, sys.stdout
         )  # live status line on a terminal, silent otherwise
-        self.rng = np.random.default_rng(cfg.seed)
-        self.key = jax.random.PRNGKey(cfg.seed + 1)
+        self.rng = np.random.default_rng(cfg.seed + 7919 * self.rank)
+        self.key = jax.random.PRNGKey(cfg.seed + 1)  # acting (and, with one process, updates)
         self.counters = dict(step=0, updates=0, owed=0.0)
         self.bad_updates, self.no_save = 0, False  # non-finite world-model updates in a row; see diverged()
         self.reward_limit = float(np.expm1(cfg.reward_head.bin_max))  # the reward head's largest |reward|
@@ -174,19 +184,28 @@ class Trainer:
         self.ckpt = Checkpointer((durable or logdir) / "checkpoints", keep=cfg.run.keep_checkpoints)
         # the config without run.*, as meta.json holds it (tuples as lists); the same hash as before
         self.model_config = json.loads(
-            json.dumps({k: v for k, v in cfg.flat().items() if not k.startswith("run.")}, default=str)
+            json.dumps(
+                {k: v for k, v in cfg.flat().items() if not k.startswith("run.") and k != "jax.process_id"},
+                default=str,
+            )
         )
         self.config_hash = config_hash(self.model_config)
         self.resume()
+        if self.rank:  # the other processes act with keys of their own
+            self.key = jax.random.fold_in(self.key, self.rank)
         continued = self.continue_from_durable_replay()
         # after a resume, what the logs hold beyond the resumed step is dropped: steps never go back
-        self.logger = Logger(
-            logdir,
-            outputs + ("console",),
-            wandb_name=cfg.wdb_name,
-            config=cfg.to_dict(),
-            console=self.progress.println,
-            resume_step=self.counters["step"] if self.ckpt.loaded or continued else None,
+        self.logger = (
+            NullLogger()
+            if not self.lead
+            else Logger(
+                logdir,
+                outputs + ("console",),
+                wandb_name=cfg.wdb_name,
+                config=cfg.to_dict(),
+                console=self.progress.println,
+                resume_step=self.counters["step"] if self.ckpt.loaded or continued else None,
+            )
         )
         self.counters.setdefault("next_report", cfg.run.report_every)
         self.counters.setdefault("next_eval", cfg.run.eval_every)
@@ -195,6 +214,19 @@ class Trainer:
         self.pending = []  # device metrics not yet fetched
         now = time.time()
         self.last = dict(time=now, save=now, step=self.counters["step"], updates=self.counters["updates"])
+
+    def train_key(self):
+        """The key of the next update: with several processes the same on all of them."""
+        if self.processes == 1:
+            return self.next_key()
+        return jax.random.fold_in(jax.random.PRNGKey(self.cfg.seed + 2), self.counters["updates"])
+
+    def stop_agreed(self):
+        """Several processes stop together (an update needs all of them): at the same step, when any
+        of them was asked to. A collective, called by all at the same points."""
+        from jax.experimental import multihost_utils
+
+        return bool(np.any(multihost_utils.process_allgather(np.array([self.should_stop()]))))
 
     def next_key(self):
         self.key, sub = jax.random.split(self.key)
@@ -243,6 +275,8 @@ class Trainer:
         return True
 
     def save_checkpoint(self):
+        if not self.lead:
+            return
         meta = dict(
             counters=dict(self.counters),
             np_rng=self.rng.bit_generator.state,
@@ -274,7 +308,9 @@ class Trainer:
     # ------------------------------------------------------------ driver callbacks
 
     def on_step(self, tran, workers):
-        if self.should_stop():  # a safe point: no update in flight, the transition not yet stored
+        if (
+            self.processes == 1 and self.should_stop()
+        ):  # a safe point: no update in flight, the step not stored
             raise KeyboardInterrupt
         self.replay.add(tran, workers)
         biggest = np.abs(tran["reward"]).max()
@@ -285,7 +321,7 @@ class Trainer:
                 f"(symlog space, DreamerV3: 20)"
             )
             self.reward_limit = None  # once per run
-        self.counters["step"] += len(workers)
+        self.counters["step"] += len(workers) * self.processes  # env steps of all processes
         self.progress.update(self.counters["step"], self.counters["updates"], self.scores)
 
     def on_episode(self, ep):
@@ -297,10 +333,10 @@ class Trainer:
         """Store the step, then owe `train_ratio / (B T)` updates per env step and pay them."""
         cfg, counters = self.cfg, self.counters
         self.on_step(tran, workers)
-        counters["owed"] += len(workers) * cfg.run.train_ratio / self.batch_steps
+        counters["owed"] += len(workers) * self.processes * cfg.run.train_ratio / self.batch_steps
         while counters["owed"] >= 1.0:
-            batch = self.replay.sample(cfg.batch_size, cfg.batch_length)
-            self.pending.append(self.agent.train(batch, self.next_key()))
+            batch = self.replay.sample(cfg.batch_size // self.processes, cfg.batch_length)
+            self.pending.append(self.agent.train(batch, self.train_key()))
             counters["owed"] -= 1.0
             counters["updates"] += 1
         if time.time() - self.last["time"] >= cfg.run.log_every:
@@ -417,17 +453,20 @@ class Trainer:
                 )
                 driver.reset_policy_state()  # the agent starts from its initial latent; episodes go on
             while counters["step"] < cfg.run.steps:
+                left = -(-(cfg.run.steps - counters["step"]) // self.processes)  # env steps of this process
                 driver(
                     self.policy,
-                    steps=min(len(self.envs) * 16, cfg.run.steps - counters["step"]),
+                    steps=min(len(self.envs) * 16, left),
                     on_step=self.train_on_step,
                     on_episode=self.on_episode,
                 )
+                if self.processes > 1 and self.stop_agreed():
+                    raise KeyboardInterrupt
                 if self.eval_env is not None and counters["step"] >= counters["next_eval"]:
                     self.evaluate()
-                if cfg.run.report_every and counters["step"] >= counters["next_report"]:
+                if self.lead and cfg.run.report_every and counters["step"] >= counters["next_report"]:
                     self.report()
-            if cfg.run.report_every and counters["updates"]:  # the final model's predictions
+            if self.lead and cfg.run.report_every and counters["updates"]:  # the final model's predictions
                 self.report()
         except KeyboardInterrupt:
             interrupted = True
