@@ -93,6 +93,10 @@ def start_processes(cfg):
         )
     finally:
         watchdog.cancel()
+    if threading.current_thread() is threading.main_thread():
+        # jax.distributed catches SIGTERM itself (its preemption notifier): give it back to main()'s
+        # handler, which stops all processes together at a safe point
+        signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGTERM))
     mine = np.frombuffer(bytes.fromhex(config_hash(_shared_config(cfg))), np.uint8)
     every = np.asarray(multihost_utils.process_allgather(mine)).reshape(cfg.jax.num_processes, -1)
     differ = [i for i in range(len(every)) if not np.array_equal(every[i], every[0])]

@@ -3,6 +3,7 @@ each with one CPU device, against one process. Every check runs in subprocesses 
 distributed run before JAX starts its backends)."""
 
 import json
+import re
 import os
 import pathlib
 import socket
@@ -11,6 +12,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
@@ -108,3 +110,34 @@ def test_mismatched_configs_and_a_missing_coordinator_are_one_line_errors(tmp_pa
     alone = _start(cmd + _flags(2, 1, _port())[:-1] + ["3"])  # process 1 waits 3 s for a process 0
     out, _ = alone.communicate(timeout=300)
     assert alone.returncode == 2 and "could not join within 3 s" in out and "Traceback" not in out, out[-3000:]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_and_both_resume(tmp_path):
+    """SIGTERM to process 1 alone: both stop at the same step and process 0 saves; the same two
+    commands again resume both from that checkpoint."""
+    import signal
+    import time
+
+    logdir = tmp_path / "run"
+    cmd = ["-m", "recall2imagine.train", "--configs", "popgym", "debug", "--logdir", str(logdir)]
+    cmd += ["--run.loggers", "jsonl", "--run.log_every", "1", "--run.save_every", "1000"]
+    port = _port()
+    procs = [_start(cmd + ["--run.steps", "100000"] + _flags(2, i, port)) for i in (0, 1)]
+    deadline = time.time() + 300
+    while time.time() < deadline and not (logdir / "metrics.jsonl").exists():
+        assert all(p.poll() is None for p in procs)
+        time.sleep(0.5)
+    time.sleep(2)
+    procs[1].send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    assert all("stopped: " in out for out in outs)
+    steps = [re.search(r"stopped: (\d+) env steps", out).group(1) for out in outs]
+    assert steps[0] == steps[1]  # the same step on both
+    assert (logdir / "checkpoints" / f"ckpt-{int(steps[0]):012d}" / "COMMIT").exists()
+    port = _port()
+    procs = [_start(cmd + ["--run.steps", str(int(steps[0]) + 64)] + _flags(2, i, port)) for i in (0, 1)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    assert all(f"at step {steps[0]}" in out for out in outs)  # "resumed from ... at step N" on both
