@@ -63,5 +63,6 @@ system-deps:
 train: install
 	$(PY) -m recall2imagine.train $(TRAIN_ARGS) $(ARGS)
 
+# two pytest workers (the CI machine has 2 cores), one file per worker so module fixtures run once
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
