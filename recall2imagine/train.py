@@ -49,9 +49,8 @@ def setup_jax(cfg):
         resolve_precision(cfg.jax.precision)
     except ValueError as e:
         raise configlib.ConfigError(f"--{e}")
-    resolve_devices(
-        cfg
-    )  # device ids exist, one policy device, batch_size divisible: fail before the envs start
+    # device ids exist, one policy device, batch_size divisible: fail before the envs start
+    resolve_devices(cfg)
     return backend
 
 

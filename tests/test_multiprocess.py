@@ -26,13 +26,20 @@ def _port():
 
 def _start(args):
     return subprocess.Popen(
-        [sys.executable, *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
 def _flags(n, i, port, *more):
     flags = ["--jax.num_processes", str(n), "--jax.process_id", str(i), *more]
-    return flags + (["--jax.coordinator", f"127.0.0.1:{port}", "--jax.coordinator_timeout", "60"] if n > 1 else [])
+    return flags + (
+        ["--jax.coordinator", f"127.0.0.1:{port}", "--jax.coordinator_timeout", "60"] if n > 1 else []
+    )
 
 
 # One update with the global batch split over two processes equals one in a single process with the
@@ -109,7 +116,9 @@ def test_mismatched_configs_and_a_missing_coordinator_are_one_line_errors(tmp_pa
         assert "process 1 of 2 runs another config than process 0" in out and "Traceback" not in out
     alone = _start(cmd + _flags(2, 1, _port())[:-1] + ["3"])  # process 1 waits 3 s for a process 0
     out, _ = alone.communicate(timeout=300)
-    assert alone.returncode == 2 and "could not join within 3 s" in out and "Traceback" not in out, out[-3000:]
+    assert alone.returncode == 2 and "could not join within 3 s" in out and "Traceback" not in out, out[
+        -3000:
+    ]
 
 
 @pytest.mark.slow
