@@ -94,7 +94,7 @@ def select_gl_backend() -> str:
         lines = [ln.strip() for ln in proc.stderr.strip().splitlines() if ln.strip()]
         errors.append(f'{backend}: {lines[-1] if lines else f"exit code {proc.returncode}"}')
     raise RuntimeError(
-        'Memory Maze needs headless OpenGL but no MuJoCo backend works ('
+        'rendering MuJoCo (Memory Maze, DMC images) needs headless OpenGL but no backend works ('
         + '; '.join(errors)
         + f'): install the Debian packages {DEBIAN_PACKAGES} (apt-get install {DEBIAN_PACKAGES}) '
         'or set MUJOCO_GL yourself'

@@ -54,7 +54,6 @@ always a prefix of what is in ``lfs_dir``.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import pathlib
@@ -256,7 +255,11 @@ class LfsReplay(WindowSampler):
                 'fix its permissions or point --lfs_dir elsewhere'
             ) from None
         try:
+            import fcntl  # POSIX; on Windows the lfs_dir is not locked
+
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:
+            pass
         except BlockingIOError:
             os.close(fd)
             raise ReplayError(
