@@ -198,7 +198,10 @@ class Agent:
         self.discrete, self.act_dim = act_space.discrete, act_space.n
         self.dtype = DTYPES[resolve_precision(cfg.jax.precision)]
         self.fp16 = self.dtype == jnp.float16
-        parallel = {"auto": jax.default_backend() != "cpu", "True": True, "False": False}
+        # auto: the associative scan on accelerators, and with several processes, where the sequential
+        # scan's backward pass all-reduces two SSM gradients at every step (BENCHMARKS.md, "Several processes")
+        auto = jax.default_backend() != "cpu" or jax.process_count() > 1
+        parallel = {"auto": auto, "True": True, "False": False}
         if str(cfg.ssm.parallel) not in parallel:
             raise ValueError(f"ssm.parallel must be auto, True or False, got {cfg.ssm.parallel!r}")
         k_wm, k_actor, k_critic = jax.random.split(key, 3)
