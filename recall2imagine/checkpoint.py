@@ -218,7 +218,15 @@ class Checkpointer:
         try:
             tmp.mkdir()
             with open(tmp / STATE, 'wb') as f:
-                eqx.tree_serialise_leaves(f, tree, filter_spec=_serialise_leaf)
+                try:
+                    eqx.tree_serialise_leaves(f, tree, filter_spec=_serialise_leaf)
+                except Exception as e:  # equinox wraps a write error ("Error at leaf with path ...")
+                    cause = e
+                    while cause is not None and not isinstance(cause, OSError):
+                        cause = cause.__cause__ or cause.__context__
+                    if cause is not None and cause is not e:
+                        raise cause from None
+                    raise
                 f.flush()
                 os.fsync(f.fileno())
             _write_json(tmp / META, {} if meta is None else meta)

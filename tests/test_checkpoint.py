@@ -158,6 +158,15 @@ def test_disk_full_leaves_earlier_checkpoints(tmp_path, monkeypatch):
     assert after == before
     assert ckpt.load_latest(_small(0))[0] == 10
 
+    def leaf_full(f, x):  # a write deep inside equinox's serialisation fails (equinox wraps the error)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(ckptlib, "_serialise_leaf", leaf_full)
+    with pytest.raises(CheckpointError, match="step 25 not saved: no space left"):
+        ckpt.save(25, _small(25), {"step": 25})
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["ckpt-000000000010"]
+
     def replay_full(directory, shared):
         raise OSError(errno.ENOSPC, "No space left on device")
 
