@@ -259,9 +259,12 @@ class Checkpointer:
             fsync_dir(self.directory)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            # numpy reports a short write on a full disk without an errno ("16384 requested and 14901 written")
+            if e.errno in (errno.ENOSPC, errno.EDQUOT) or (e.errno is None and 'requested and' in str(e)):
                 raise self._full_error(step, e) from e
-            raise
+            raise CheckpointError(
+                f'checkpoint at step {step} not saved: {e}; earlier checkpoints are intact'
+            ) from e
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
