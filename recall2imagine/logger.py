@@ -107,7 +107,7 @@ class Logger:
         goes back."""
         self.outputs = check_outputs(outputs)
         self.resume_step = resume_step
-        self._last_step = None if resume_step is None else int(resume_step)  # of the newest metrics row
+        self._last_step = None  # of the newest row in metrics.jsonl (set below once rewound)
         self.logdir = str(logdir)
         self._sums: dict[str, float] = {}
         self._counts: dict[str, int] = {}
@@ -122,6 +122,7 @@ class Logger:
         if resume_step is not None:
             for name in ('metrics.jsonl', 'scores.jsonl'):
                 rewind_jsonl(os.path.join(self.logdir, name), resume_step)
+        self._last_step = _last_step(os.path.join(self.logdir, 'metrics.jsonl'))
         if 'tensorboard' in self.outputs:
             self._start_tensorboard()
         if 'wandb' in self.outputs:
@@ -322,6 +323,22 @@ class Logger:
         self._files.clear()
         self._close_tb()
         self._close_wandb()
+
+
+def _last_step(path):
+    """The step of the last complete row of a jsonl log, or None (no file, no row)."""
+    try:
+        with open(path, 'rb') as f:
+            f.seek(max(0, os.path.getsize(path) - 65536))
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)['step'])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
 
 
 class NullLogger:

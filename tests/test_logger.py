@@ -228,7 +228,8 @@ def test_logger_resumed_at_a_step_continues_one_clean_line(tmp_path):
 def test_a_row_at_a_step_already_written_goes_into_the_next_row(tmp_path):
     from recall2imagine.logger import Logger
 
-    log = Logger(tmp_path, ("jsonl",), resume_step=200)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 100}\n{"step": 200, "loss": 0.5}\n{"step": 250}\n')
+    log = Logger(tmp_path, ("jsonl",), resume_step=200)  # the row of step 250 goes to a .bak
     log.add({"loss": 1.0})
     assert log.write(200) == {}  # the resumed checkpoint's step: its row exists already
     log.add({"loss": 3.0, "checkpoint/seconds": 0.5})
@@ -239,4 +240,10 @@ def test_a_row_at_a_step_already_written_goes_into_the_next_row(tmp_path):
     log.write(310)
     log.close()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [300, 310] and rows[1]["loss"] == 6.0
+    assert [r["step"] for r in rows] == [100, 200, 300, 310] and rows[3]["loss"] == 6.0
+    fresh = Logger(
+        tmp_path / "new", ("jsonl",), resume_step=200
+    )  # resumed into a new logdir: nothing there yet
+    fresh.add({"loss": 1.0})
+    assert fresh.write(200) == {"loss": 1.0}
+    fresh.close()
