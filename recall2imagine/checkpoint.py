@@ -196,9 +196,11 @@ class Checkpointer:
                 out.append((int(m.group(1)), p))
         return sorted(out)
 
-    def bytes(self) -> int:
-        """Bytes of every file under the checkpoint directory (the kept checkpoints and shared files)."""
-        return sum(p.stat().st_size for p in self.directory.rglob('*') if p.is_file())
+    def bytes(self, folder=None) -> int:
+        """Bytes of every file under `folder` (default: the checkpoint directory, i.e. the kept
+        checkpoints and shared files)."""
+        root = self.directory if folder is None else pathlib.Path(folder)
+        return sum(p.stat().st_size for p in root.rglob('*') if p.is_file())
 
     def steps(self) -> list[int]:
         """Steps of the committed checkpoints (not verified), oldest first."""

@@ -115,7 +115,8 @@ class Trainer:
         # of the batch; process 0 ("lead") writes the config, logs, checkpoints, evaluations and reports
         self.processes, self.rank = jax.process_count(), jax.process_index()
         self.lead = self.rank == 0
-        if self.processes > 1 and cfg.replay != "memory" or cfg.use_lfs and self.processes > 1:
+        self.process_seed = cfg.seed + 7919 * self.rank  # replay sampling and the random prefill policy
+        if self.processes > 1 and (cfg.replay != "memory" or cfg.use_lfs):
             raise configlib.ConfigError(
                 "several processes (--jax.num_processes) train with the memory replay only; "
                 "drop --replay / --use_lfs"
@@ -149,7 +150,7 @@ class Trainer:
                 cfg.replay,
                 cfg.replay_size,
                 len(self.envs),
-                seed=cfg.seed + 7919 * self.rank,
+                seed=self.process_seed,
                 directory=cfg.replay_dir or logdir / "replay",
                 use_lfs=cfg.use_lfs,
                 lfs_dir=cfg.lfs_dir,
@@ -170,10 +171,9 @@ class Trainer:
         logdir = self.logdir
         self.agent = Agent(cfg, self.envs[0].obs_space, self.act_space, jax.random.PRNGKey(cfg.seed))
         self.driver = Driver(self.envs)
-        self.progress = Progress(
-            cfg.run.steps, sys.stdout
-        )  # live status line on a terminal, silent otherwise
-        self.rng = np.random.default_rng(cfg.seed + 7919 * self.rank)
+        # live status line on a terminal, silent otherwise
+        self.progress = Progress(cfg.run.steps, sys.stdout)
+        self.rng = np.random.default_rng(self.process_seed)
         self.key = jax.random.PRNGKey(cfg.seed + 1)  # acting (and, with one process, updates)
         self.counters = dict(step=0, updates=0, owed=0.0)
         self.bad_updates, self.no_save = 0, False  # non-finite world-model updates in a row; see diverged()
@@ -295,7 +295,7 @@ class Trainer:
             self.logger.add(
                 {
                     "checkpoint/seconds": time.perf_counter() - start,
-                    "checkpoint/bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
+                    "checkpoint/bytes": self.ckpt.bytes(folder),
                     "checkpoint/dir_bytes": self.ckpt.bytes(),
                 }
             )
@@ -308,9 +308,8 @@ class Trainer:
     # ------------------------------------------------------------ driver callbacks
 
     def on_step(self, tran, workers):
-        if (
-            self.processes == 1 and self.should_stop()
-        ):  # a safe point: no update in flight, the step not stored
+        # a safe point: no update in flight, the step not stored (several processes agree in run())
+        if self.processes == 1 and self.should_stop():
             raise KeyboardInterrupt
         self.replay.add(tran, workers)
         biggest = np.abs(tran["reward"]).max()

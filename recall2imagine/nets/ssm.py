@@ -131,9 +131,8 @@ class S5(eqx.Module):
         return Lbar, gamma[:, None] * _complex(self.B), _complex(self.C)  # [S], [S, H], [H, S]
 
     @staticmethod
-    def _input(
-        Bbar, u
-    ):  # u [..., H] real -> Bbar u [..., S]; two real matmuls (complex dots are slow on CPU)
+    def _input(Bbar, u):
+        # u [..., H] real -> Bbar u [..., S]; two real matmuls (complex dots are slow on CPU)
         return jax.lax.complex(u @ Bbar.real.T, u @ Bbar.imag.T)
 
     def _readout(self, C, x, u):  # x [..., S] complex, u [..., H] float32 -> [..., H]
