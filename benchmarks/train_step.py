@@ -224,38 +224,34 @@ def _peak_memory(jax):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process max RSS"
 
 
-def run_point(spec):
+def build(argv, obs_kind="vector"):
+    """(cfg, jax, agent, batch) for config arguments `argv`: the agent on the config's task (vector)
+    or on Memory Maze's image spaces (image), and a random replay batch [B, T] of its spaces."""
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    cfg = configlib.parse(spec["argv"])
+    cfg = configlib.parse(argv)
     if cfg.rssm.core == "gru":
-        cfg = configlib.parse(spec["argv"] + gru_inputs(cfg))
+        cfg = configlib.parse(argv + gru_inputs(cfg))
     import jax
 
     if cfg.jax.platform != "auto":
         jax.config.update("jax_platforms", {"gpu": "cuda"}.get(cfg.jax.platform, cfg.jax.platform))
-    import equinox as eqx
     import numpy as np
-    import optax
 
     from recall2imagine.agent import Agent
-    from recall2imagine.world_model import world_model_loss
-    from recall2imagine.devices import resolve_precision
 
-    obs_kind = spec.get("obs", "vector")
     rng = np.random.default_rng(0)
+    B, T = cfg.batch_size, cfg.batch_length
     if obs_kind == "image":  # Memory Maze's spaces, without the environment (~0.6 GB and seconds)
         from recall2imagine.envs.base import ActSpace
 
         obs_space, act_space = {IMAGE_KEY: (IMAGE_SHAPE, np.uint8)}, ActSpace(True, IMAGE_ACTIONS)
         agent = Agent(cfg, obs_space, act_space, jax.random.PRNGKey(0))
-        B, T = cfg.batch_size, cfg.batch_length
         batch = {IMAGE_KEY: rng.integers(0, 256, (B, T) + IMAGE_SHAPE, dtype=np.uint8)}
     else:
         from recall2imagine.envs import make_env
 
         env = make_env(cfg.task, seed=0)
         agent = Agent(cfg, env.obs_space, env.act_space, jax.random.PRNGKey(0))
-        B, T = cfg.batch_size, cfg.batch_length
         obs = env.reset()
         batch = {
             k: rng.normal(size=(B, T) + np.shape(v)).astype(np.float32)
@@ -272,6 +268,19 @@ def run_point(spec):
         action=np.eye(A, dtype=np.float32)[rng.integers(0, A, (B, T))],
     )
     batch["is_first"][:, 0] = True
+    return cfg, jax, agent, batch
+
+
+def run_point(spec):
+    obs_kind = spec.get("obs", "vector")
+    cfg, jax, agent, batch = build(spec["argv"], obs_kind)
+    import equinox as eqx
+    import optax
+
+    from recall2imagine.devices import resolve_precision
+    from recall2imagine.world_model import world_model_loss
+
+    B, T = cfg.batch_size, cfg.batch_length
 
     def wm_step(key, wm, opt_state, batch):
         params, static = eqx.partition(wm, eqx.is_array)
@@ -296,20 +305,6 @@ def run_point(spec):
                 times.append(dt)
         return times, first
 
-    # Commit the initial state to the train device: the optimiser state from init is uncommitted, the
-    # step's outputs are committed, and that difference alone made the second call compile again.
-    wm = jax.tree.map(lambda x: x, agent.state.wm)
-    dev = agent.train_devices[0]
-    carry = [
-        jax.tree.map(lambda x: jax.device_put(x, dev) if eqx.is_array(x) else x, tree)
-        for tree in (wm, agent.wm_opt.init(eqx.filter(wm, eqx.is_array)))
-    ]
-    dev_batch = jax.device_put(batch)
-
-    def one_wm(key):
-        carry[0], carry[1], loss = wm_step(key, carry[0], carry[1], dev_batch)
-        jax.block_until_ready((carry, loss))
-
     res = dict(
         obs=obs_kind,
         core=cfg.rssm.core,
@@ -324,10 +319,25 @@ def run_point(spec):
         imag_starts=min(int(cfg.get("imag_starts", 0) or 0) or B * T, B * T),
         imag_horizon=cfg.imag_horizon,
     )
-    times, first = timed(one_wm)
-    res.update(wm_ms=1e3 * statistics.median(times), wm_min_ms=1e3 * min(times), wm_first_s=first)
-    res["wm_peak_mb"], res["mem_source"] = _peak_memory(jax)
-    del carry[:]
+    if spec.get("wm", True):  # False: the full update alone (its peak memory unmixed, vs_official.py)
+        # Commit the initial state to the train device: the optimiser state from init is uncommitted, the
+        # step's outputs are committed, and that difference alone made the second call compile again.
+        wm = jax.tree.map(lambda x: x, agent.state.wm)
+        dev = agent.train_devices[0]
+        carry = [
+            jax.tree.map(lambda x: jax.device_put(x, dev) if eqx.is_array(x) else x, tree)
+            for tree in (wm, agent.wm_opt.init(eqx.filter(wm, eqx.is_array)))
+        ]
+        dev_batch = jax.device_put(batch)
+
+        def one_wm(key):
+            carry[0], carry[1], loss = wm_step(key, carry[0], carry[1], dev_batch)
+            jax.block_until_ready((carry, loss))
+
+        times, first = timed(one_wm)
+        res.update(wm_ms=1e3 * statistics.median(times), wm_min_ms=1e3 * min(times), wm_first_s=first)
+        res["wm_peak_mb"], res["mem_source"] = _peak_memory(jax)
+        del carry[:]
     if spec["agent"]:
 
         def one_train(key):

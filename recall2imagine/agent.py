@@ -65,20 +65,23 @@ def imagine(wm, actor, start, start_cont, key, setup, save=False):
     K (the actor's gradient then needs no second forward pass, see `replayed_outputs`), else None.
     """
     cfg, dtype = setup.cfg, setup.dtype
+    heads = [tuple(h.inputs) for h in (cfg.reward_head, cfg.cont_head, cfg.critic)]
+    # a head with the actor's inputs: the actor's saved input is a slice of that head's features,
+    # not a second copy of them ([K, N, F], the largest saved array)
+    shared = save and tuple(cfg.actor.inputs) in heads
 
     def step(latent, key):
         k1, k2 = jax.random.split(key)
         feat = features(jax.tree.map(sg, latent), cfg.actor.inputs, dtype)
         out, saved = actor.call_saving(feat) if save else (actor(feat), None)
         action = setup.act.sample(out, k1)
-        return wm.rssm.img_step(latent, action, k2), (latent, action, out, saved)
+        return wm.rssm.img_step(latent, action, k2), (latent, action, out, saved[1:] if shared else saved)
 
     last, (latents, actions, outs, saved) = jax.lax.scan(step, start, jax.random.split(key, cfg.imag_horizon))
     latents = jax.tree.map(lambda xs, x: jnp.concatenate([xs, x[None]], 0), latents, last)
-    feat = {}
-    for inputs in (cfg.reward_head.inputs, cfg.cont_head.inputs, cfg.critic.inputs):
-        if tuple(inputs) not in feat:
-            feat[tuple(inputs)] = features(latents, inputs, dtype)
+    feat = {inputs: features(latents, inputs, dtype) for inputs in dict.fromkeys(heads)}
+    if shared:
+        saved = [feat[tuple(cfg.actor.inputs)][:-1]] + saved
     f_rew, f_cont = feat[tuple(cfg.reward_head.inputs)][1:], feat[tuple(cfg.cont_head.inputs)][1:]
     reward = dists.twohot_mean(wm.reward(f_rew), setup.reward_bins)  # state 0's is never used
     cont = (wm.cont(f_cont)[..., 0] > 0).astype(jnp.float32)
