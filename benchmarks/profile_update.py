@@ -190,6 +190,15 @@ def _n_starts(agent):
     return n if 0 < n < bt else bt
 
 
+def _xla_peak_mb(compiled):
+    """XLA's buffer assignment of a compiled program: arguments + outputs + temporaries - aliased, MB."""
+    mem = compiled.memory_analysis()
+    if mem is None:
+        return None
+    size = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+    return (size - mem.alias_size_in_bytes) / 2**20
+
+
 def run_length(spec):
     """One length: {phase: {ms, gflop, xla_gflop, mem_mb}} and the machine's matmul peak."""
     cfg, jax, agent, batch = build(spec["argv"])
@@ -210,15 +219,7 @@ def run_length(spec):
         compiled = jax.jit(fn).lower(*args).compile()
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        mem = compiled.memory_analysis()
-        peak = None
-        if mem is not None:
-            peak = (
-                mem.argument_size_in_bytes
-                + mem.output_size_in_bytes
-                + mem.temp_size_in_bytes
-                - mem.alias_size_in_bytes
-            ) / 2**20
+        peak = _xla_peak_mb(compiled)
         out = jax.block_until_ready(compiled(*args))
         times = [_seconds(lambda: jax.block_until_ready(compiled(*args))) for _ in range(repeats)]
         return statistics.median(times), flops / 1e9, (cost or {}).get("flops", 0) / 1e9, peak, out
@@ -251,6 +252,7 @@ def run_length(spec):
     full_fn = agent._train_impl
     args = (key, state, dev_batch)
     flops = live_flops(jax.make_jaxpr(lambda k, s, b: full_fn(k, s, b))(*args))
+    peak = _xla_peak_mb(jax.jit(full_fn, donate_argnums=(1, 2)).lower(*args).compile())
     times = []
     for i in range(repeats + 1):
         t0 = time.perf_counter()
@@ -260,7 +262,7 @@ def run_length(spec):
             times.append(time.perf_counter() - t0)
     import resource
 
-    record("full update", statistics.median(times), flops / 1e9)
+    record("full update", statistics.median(times), flops / 1e9, mem=peak)
     res["full update"]["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return dict(
         batch=cfg.batch_size,

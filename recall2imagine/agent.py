@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from recall2imagine.devices import DTYPES, Placement, resolve_precision
+from recall2imagine.devices import DTYPES, Placement, resolve_precision, trim_after_compiles
 from recall2imagine.nets import dists
 from recall2imagine.nets.layers import MLP, feature_size, features, replayed_outputs
 from recall2imagine.optim import adam, global_norm, kernel_mask, optimize, param_labels
@@ -194,6 +194,7 @@ class Agent:
 
     def __init__(self, cfg, obs_space, act_space, key):
         self.cfg = cfg
+        trim_after_compiles()
         self.place = Placement(cfg)
         self.train_devices, self.policy_device = self.place.train_devices, self.place.policy_device
         self._policy_params = None  # (wm, actor) on the policy device, when not shared

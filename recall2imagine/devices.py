@@ -1,5 +1,9 @@
 """Precision and devices: the compute dtype of `--jax.precision`, the train / policy devices of
-`--jax.train_devices` / `--jax.policy_devices`, and where the agent's arrays are placed."""
+`--jax.train_devices` / `--jax.policy_devices`, where the agent's arrays are placed, and the host memory
+XLA's compiler leaves behind."""
+
+import ctypes
+import ctypes.util
 
 import equinox as eqx
 import jax
@@ -7,6 +11,38 @@ import jax.numpy as jnp
 import numpy as np
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_trim_listener = None
+
+
+def glibc_trim():
+    """glibc's `malloc_trim(0)` (hands freed heap memory back to the OS), or None without glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return lambda: libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return None
+
+
+def trim_after_compiles(trim=None, min_seconds=1.0):
+    """After every XLA compilation of at least `min_seconds`, calls `trim` (default `glibc_trim()`).
+
+    Compiling the update (popgym_main) takes ~1.1 GB of host memory that the compiler frees at the end,
+    but glibc keeps it in its heaps, so without a trim the process holds it for the whole run
+    (BENCHMARKS.md, "Where an update's time and memory go"). Installed once per process; returns the
+    listener (None when there is nothing to call)."""
+    global _trim_listener
+    trim = trim or glibc_trim()
+    if _trim_listener is not None or trim is None:
+        return _trim_listener
+
+    def listener(event, seconds, **_):
+        if event == COMPILE_EVENT and seconds >= min_seconds:
+            trim()
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    _trim_listener = listener
+    return listener
 
 
 def resolve_precision(precision):
