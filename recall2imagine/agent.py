@@ -208,15 +208,23 @@ class Agent:
         parallel = {"auto": auto, "True": True, "False": False}
         if str(cfg.ssm.parallel) not in parallel:
             raise ValueError(f"ssm.parallel must be auto, True or False, got {cfg.ssm.parallel!r}")
-        k_wm, k_actor, k_critic = jax.random.split(key, 3)
-        wm = WorldModel(cfg, obs_space, self.act_dim, parallel[str(cfg.ssm.parallel)], key=k_wm)
-        fs = lambda inputs, name: feature_size(inputs, wm.rssm.feature_sizes(), name)
         a, c = cfg.actor, cfg.critic
-        self.actor_in = fs(a.inputs, "actor.inputs")
-        actor = MLP(self.actor_in, a.layers, a.units, self.act_dim * (1 if self.discrete else 2), key=k_actor)
-        critic = MLP(
-            fs(c.inputs, "critic.inputs"), c.layers, c.units, c.bins, key=k_critic, outscale=c.outscale
-        )
+
+        def networks(key):
+            k_wm, k_actor, k_critic = jax.random.split(key, 3)
+            wm = WorldModel(cfg, obs_space, self.act_dim, parallel[str(cfg.ssm.parallel)], key=k_wm)
+            fs = lambda inputs, name: feature_size(inputs, wm.rssm.feature_sizes(), name)
+            out = self.act_dim * (1 if self.discrete else 2)
+            actor = MLP(fs(a.inputs, "actor.inputs"), a.layers, a.units, out, key=k_actor)
+            critic = MLP(
+                fs(c.inputs, "critic.inputs"), c.layers, c.units, c.bins, key=k_critic, outscale=c.outscale
+            )
+            return wm, actor, critic
+
+        # the parameters and the optimiser states come from two XLA programs: op by op, each of the
+        # hundreds of initialiser shapes would be compiled and kept as a program of its own
+        wm, actor, critic = eqx.filter_jit(networks)(key)
+        self.actor_in = feature_size(a.inputs, wm.rssm.feature_sizes(), "actor.inputs")
         self.value_bins = _head_bins("critic", c)
         self.reward_bins = _head_bins("reward_head", cfg.reward_head)
         self.setup = Setup(
@@ -236,19 +244,20 @@ class Agent:
         )
         self.actor_opt = adam(ao.lr, ao.eps, ao.clip, ao.wd, kernel_mask)
         self.critic_opt = adam(co.lr, co.eps, co.clip, co.wd, kernel_mask)
-        self.state = AgentState(  # the `state` setter places it on the train devices
+        initial_state = lambda wm, actor, critic: AgentState(
             wm=wm,
             actor=actor,
             critic=critic,
             slow_critic=jax.tree.map(jnp.copy, critic),
-            wm_opt=self.wm_opt.init(wm_params),
+            wm_opt=self.wm_opt.init(eqx.filter(wm, eqx.is_array)),
             actor_opt=self.actor_opt.init(eqx.filter(actor, eqx.is_array)),
             critic_opt=self.critic_opt.init(eqx.filter(critic, eqx.is_array)),
             retnorm=jnp.zeros(2, jnp.float32),
             updates=jnp.zeros((), jnp.int32),
-            loss_scale=jnp.full(3, 1e4 if self.dtype == jnp.float16 else 1.0, jnp.float32),
+            loss_scale=jnp.full(3, 1e4 if self.fp16 else 1.0, jnp.float32),
             good_steps=jnp.zeros(3, jnp.int32),
         )
+        self.state = eqx.filter_jit(initial_state)(wm, actor, critic)  # the setter places it
         self._train = eqx.filter_jit(self._train_impl, donate="all-except-first")
         self._policy = eqx.filter_jit(self._policy_impl)
         self._openloop = eqx.filter_jit(
