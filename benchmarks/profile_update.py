@@ -148,13 +148,7 @@ def phase_functions(agent, jax):
     def starts(params, batch, key):
         k_wm, k_start = jax.random.split(key)
         post = wm_loss(params, batch, k_wm)[1][0]
-        start = jax.tree.map(lambda x: sg(x.reshape((-1,) + x.shape[2:])), post)
-        start_cont = 1.0 - batch["is_terminal"].reshape(-1).astype(jnp.float32)
-        n = cfg.imag_starts
-        if 0 < n < start_cont.shape[0]:
-            idx = jax.random.permutation(k_start, start_cont.shape[0])[:n]
-            start, start_cont = jax.tree.map(lambda x: x[idx], start), start_cont[idx]
-        return start, start_cont
+        return agentlib.imagination_starts(post, batch["is_terminal"], cfg.imag_starts, k_start)
 
     reuse = agent.discrete and agent._reuse_actor_vjp(_n_starts(agent))
 

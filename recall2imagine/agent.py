@@ -55,6 +55,17 @@ def act(actor, latent, key, setup, greedy=False):
     return setup.act.sample(actor(features(latent, setup.cfg.actor.inputs, setup.dtype)), key, greedy)
 
 
+def imagination_starts(post, is_terminal, n, key):
+    """The posterior latents [B, T] imagination starts from, as [B*T] (all of them, or `n` of them at
+    random when 0 < n < B*T) with their continue flags. Returns (start [N], start_cont [N])."""
+    start = jax.tree.map(lambda x: sg(x.reshape((-1,) + x.shape[2:])), post)
+    start_cont = 1.0 - is_terminal.reshape(-1).astype(jnp.float32)
+    if 0 < n < start_cont.shape[0]:
+        idx = jax.random.permutation(key, start_cont.shape[0])[:n]
+        start, start_cont = jax.tree.map(lambda x: x[idx], start), start_cont[idx]
+    return start, start_cont
+
+
 def imagine(wm, actor, start, start_cont, key, setup, save=False):
     """Rolls the world model's prior K = `imag_horizon` steps from `start` [N] with the actor.
 
@@ -353,12 +364,7 @@ class Agent:
             loss_scale=state.loss_scale.at[0].set(step.scale),
             good_steps=state.good_steps.at[0].set(step.good),
         )
-        start = jax.tree.map(lambda x: sg(x.reshape((-1,) + x.shape[2:])), post)  # [B*T]
-        start_cont = 1.0 - batch["is_terminal"].reshape(-1).astype(jnp.float32)
-        n = self.cfg.imag_starts
-        if 0 < n < start_cont.shape[0]:  # imagine from a random subset of the B*T posterior states
-            idx = jax.random.permutation(k_start, start_cont.shape[0])[:n]
-            start, start_cont = jax.tree.map(lambda x: x[idx], start), start_cont[idx]
+        start, start_cont = imagination_starts(post, batch["is_terminal"], self.cfg.imag_starts, k_start)
         state, ac_metrics = self._actor_critic(state, start, start_cont, k_imag)
         return self.place.whole((state._replace(updates=state.updates + 1), dict(metrics, **ac_metrics)))
 

@@ -32,9 +32,11 @@ def trim_after_compiles(trim=None, min_seconds=1.0):
     (BENCHMARKS.md, "Where an update's time and memory go"). Installed once per process; returns the
     listener (None when there is nothing to call)."""
     global _trim_listener
-    trim = trim or glibc_trim()
-    if _trim_listener is not None or trim is None:
+    if _trim_listener is not None:
         return _trim_listener
+    trim = trim or glibc_trim()
+    if trim is None:
+        return None
 
     def listener(event, seconds, **_):
         if event == COMPILE_EVENT and seconds >= min_seconds:
