@@ -150,7 +150,8 @@ def phase_functions(agent, jax):
         post = wm_loss(params, batch, k_wm)[1][0]
         return agentlib.imagination_starts(post, batch["is_terminal"], cfg.imag_starts, k_start)
 
-    reuse = agent.discrete and agent._reuse_actor_vjp(_n_starts(agent))
+    n_starts = agentlib.n_imagination_starts(cfg.imag_starts, cfg.batch_size * cfg.batch_length)
+    reuse = agent.discrete and agent._reuse_actor_vjp(n_starts)
 
     def imagination(params, actor, start, start_cont, key):
         wm = jax.tree.map(sg, eqx.combine(params, wm_static))
@@ -177,11 +178,6 @@ def phase_functions(agent, jax):
         actor=actor,
         params=(wm_params, actor_params, critic_params),
     )
-
-
-def _n_starts(agent):
-    n, bt = agent.cfg.imag_starts, agent.cfg.batch_size * agent.cfg.batch_length
-    return n if 0 < n < bt else bt
 
 
 def _xla_peak_mb(compiled):
@@ -261,7 +257,7 @@ def run_length(spec):
     return dict(
         batch=cfg.batch_size,
         length=cfg.batch_length,
-        imag_starts=_n_starts(agent),
+        imag_starts=agentlib.n_imagination_starts(cfg.imag_starts, cfg.batch_size * cfg.batch_length),
         imag_horizon=cfg.imag_horizon,
         core=cfg.rssm.core,
         parallel=bool(agent.state.wm.rssm.parallel),

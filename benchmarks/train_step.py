@@ -277,6 +277,7 @@ def run_point(spec):
     import equinox as eqx
     import optax
 
+    from recall2imagine.agent import n_imagination_starts
     from recall2imagine.devices import resolve_precision
     from recall2imagine.world_model import world_model_loss
 
@@ -316,7 +317,7 @@ def run_point(spec):
         precision=resolve_precision(cfg.jax.precision),
         actor_inputs=",".join(cfg.actor.inputs),
         encoder="+".join(n for n in ("cnn", "mlp") if getattr(agent.state.wm.encoder, n) is not None),
-        imag_starts=min(int(cfg.get("imag_starts", 0) or 0) or B * T, B * T),
+        imag_starts=n_imagination_starts(cfg.imag_starts, B * T),
         imag_horizon=cfg.imag_horizon,
     )
     if spec.get("wm", True):  # False: the full update alone (its peak memory unmixed, vs_official.py)

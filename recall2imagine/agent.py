@@ -55,12 +55,18 @@ def act(actor, latent, key, setup, greedy=False):
     return setup.act.sample(actor(features(latent, setup.cfg.actor.inputs, setup.dtype)), key, greedy)
 
 
+def n_imagination_starts(n, tokens):
+    """How many of a batch's `tokens` = B*T posterior states imagination starts from: `n`
+    (config `imag_starts`) when 0 < n < B*T, else all of them."""
+    return n if 0 < n < tokens else tokens
+
+
 def imagination_starts(post, is_terminal, n, key):
     """The posterior latents [B, T] imagination starts from, as [B*T] (all of them, or `n` of them at
     random when 0 < n < B*T) with their continue flags. Returns (start [N], start_cont [N])."""
     start = jax.tree.map(lambda x: sg(x.reshape((-1,) + x.shape[2:])), post)
     start_cont = 1.0 - is_terminal.reshape(-1).astype(jnp.float32)
-    if 0 < n < start_cont.shape[0]:
+    if n_imagination_starts(n, start_cont.shape[0]) < start_cont.shape[0]:
         idx = jax.random.permutation(key, start_cont.shape[0])[:n]
         start, start_cont = jax.tree.map(lambda x: x[idx], start), start_cont[idx]
     return start, start_cont
