@@ -118,10 +118,8 @@ def phase_functions(agent, jax):
     """{phase: (function, args)} with every phase jitted separately, in `Agent._train_impl`'s order;
     the arguments come from running the earlier phases once."""
     import equinox as eqx
-    import jax.numpy as jnp
 
     from recall2imagine import agent as agentlib
-    from recall2imagine.optim import optimize
     from recall2imagine.world_model import world_model_loss
 
     setup, state, cfg = agent.setup, agent.state, agent.cfg
@@ -129,8 +127,6 @@ def phase_functions(agent, jax):
     wm_params, wm_static = eqx.partition(state.wm, eqx.is_array)
     actor_params, actor_static = eqx.partition(state.actor, eqx.is_array)
     critic_params, critic_static = eqx.partition(state.critic, eqx.is_array)
-    one = jnp.ones((), jnp.float32)
-    zero = jnp.zeros((), jnp.int32)
 
     def wm_loss(params, batch, key):
         return world_model_loss(eqx.combine(params, wm_static), batch, key, setup)
@@ -142,8 +138,8 @@ def phase_functions(agent, jax):
         return jax.value_and_grad(lambda p: wm_loss(p, batch, key)[0])(params)
 
     def wm_optimiser(grads, opt_state, params):
-        updates, opt_state = agent.wm_opt.update(grads, opt_state, params)
-        return jax.tree.map(lambda p, u: p + u, params, updates), opt_state
+        updates, inner = agent.wm_opt.tx.update(grads, opt_state.inner, params)
+        return jax.tree.map(lambda p, u: p + u, params, updates), opt_state._replace(inner=inner)
 
     def starts(params, batch, key):
         k_wm, k_start = jax.random.split(key)
@@ -159,14 +155,14 @@ def phase_functions(agent, jax):
 
     def critic(params, opt_state, traj):
         loss = lambda p: agentlib.critic_loss(eqx.combine(p, critic_static), state.slow_critic, traj, setup)
-        step = optimize(agent.critic_opt, loss, params, opt_state, one, zero, agent.fp16)
-        return step.params, step.opt_state, step.aux
+        step = agent.critic_opt.step(loss, params, opt_state)
+        return step.params, step.state, step.aux
 
     def actor(params, opt_state, traj, saved, value, ret):
         outs_of = agent._actor_outputs(actor_static, traj, saved)
         loss = lambda p: agentlib.actor_loss(outs_of(p), traj, value, ret, state.retnorm, setup)
-        step = optimize(agent.actor_opt, loss, params, opt_state, one, zero, agent.fp16)
-        return step.params, step.opt_state, step.aux[0]
+        step = agent.actor_opt.step(loss, params, opt_state)
+        return step.params, step.state, step.aux[0]
 
     return dict(
         wm_forward=wm_forward,

@@ -287,8 +287,9 @@ def run_point(spec):
         params, static = eqx.partition(wm, eqx.is_array)
         loss_fn = lambda p: world_model_loss(eqx.combine(p, static), batch, key, agent.setup)
         (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = agent.wm_opt.update(grads, opt_state, params)
-        return eqx.combine(optax.apply_updates(params, updates), static), opt_state, loss
+        updates, inner = agent.wm_opt.tx.update(grads, opt_state.inner, params)
+        new = eqx.combine(optax.apply_updates(params, updates), static)
+        return new, opt_state._replace(inner=inner), loss
 
     wm_step = eqx.filter_jit(wm_step)
     n = spec["warmup"] + spec["repeats"]

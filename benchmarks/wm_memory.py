@@ -88,7 +88,6 @@ def main(argv=None):
     from recall2imagine import config as configlib
     from recall2imagine.agent import Agent
     from recall2imagine.world_model import world_model_loss
-    from recall2imagine.optim import optimize
     from recall2imagine.envs import make_env
 
     cfg = configlib.parse(overrides)
@@ -135,10 +134,8 @@ def main(argv=None):
             start = carried(wm, {k: v[:, :N] for k, v in batch.items()}, k_burn)
             batch = {k: v[:, N:] for k, v in batch.items()}
         loss_fn = lambda p: world_model_loss(eqx.combine(p, static), batch, key, agent.setup, start)
-        params, opt_state, *_, (_, metrics), _, _ = optimize(
-            agent.wm_opt, loss_fn, params, opt_state, jnp.float32(1), jnp.int32(0), agent.fp16
-        )
-        return eqx.combine(params, static), opt_state, metrics
+        step = agent.wm_opt.step(loss_fn, params, opt_state)
+        return eqx.combine(step.params, static), step.state, step.aux[1]
 
     wm, opt_state, key = agent.state.wm, agent.state.wm_opt, jax.random.PRNGKey(cfg.seed)
     sums, onset, onset0, t0 = {}, None, None, time.time()

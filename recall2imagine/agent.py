@@ -18,7 +18,7 @@ import optax
 from recall2imagine.devices import DTYPES, Placement, resolve_precision, trim_after_compiles
 from recall2imagine.nets import dists
 from recall2imagine.nets.layers import MLP, feature_size, features, replayed_outputs
-from recall2imagine.optim import adam, global_norm, kernel_mask, optimize, param_labels
+from recall2imagine.optim import Optimizer, OptState, adam, global_norm, kernel_mask, param_labels
 from recall2imagine.world_model import WorldModel, openloop, world_model_loss
 
 sg = jax.lax.stop_gradient
@@ -192,13 +192,27 @@ class AgentState(NamedTuple):
     actor: MLP
     critic: MLP
     slow_critic: MLP
-    wm_opt: optax.OptState
-    actor_opt: optax.OptState
-    critic_opt: optax.OptState
+    wm_opt: OptState
+    actor_opt: OptState
+    critic_opt: OptState
     retnorm: jax.Array  # [2] EMAs of the 5th and 95th return percentiles
     updates: jax.Array  # [] number of updates done
-    loss_scale: jax.Array  # [3] dynamic loss scales of model, actor, critic (float16 only, else 1)
-    good_steps: jax.Array  # [3] consecutive finite steps per optimiser
+
+
+def earlier_checkpoints(like):
+    """Earlier layouts of the checkpointed tree {"agent": AgentState, "key": ...} as (like_then,
+    upgrade) pairs for `Checkpointer.load_latest(earlier=)`. Until 2026-12-04 the loss scales and
+    finite-step counts of the world model, actor and critic were two [3] arrays after `updates`."""
+    s = like["agent"]
+    opts = (s.wm_opt.inner, s.actor_opt.inner, s.critic_opt.inner)
+    then = (*s[:4], *opts, s.retnorm, s.updates, jnp.zeros(3, jnp.float32), jnp.zeros(3, jnp.int32))
+
+    def upgrade(tree):
+        *nets, wm_opt, actor_opt, critic_opt, retnorm, updates, scale, good = tree["agent"]
+        opts = [OptState(o, scale[i], good[i]) for i, o in enumerate((wm_opt, actor_opt, critic_opt))]
+        return dict(tree, agent=AgentState(*nets, *opts, retnorm, updates))
+
+    return [(dict(like, agent=then), upgrade)]
 
 
 class Agent:
@@ -255,12 +269,10 @@ class Agent:
         m, ao, co = cfg.model_opt, cfg.actor_opt, cfg.critic_opt
         # the S5 leaves form their own group: own lr, own global-norm clip, no weight decay
         self.labels = param_labels(wm_params)
-        self.wm_opt = optax.multi_transform(
-            {"rest": adam(m.lr, m.eps, m.clip, m.wd, kernel_mask), "ssm": adam(m.ssm_lr, m.eps, m.clip)},
-            self.labels,
-        )
-        self.actor_opt = adam(ao.lr, ao.eps, ao.clip, ao.wd, kernel_mask)
-        self.critic_opt = adam(co.lr, co.eps, co.clip, co.wd, kernel_mask)
+        groups = {"rest": adam(m.lr, m.eps, m.clip, m.wd, kernel_mask), "ssm": adam(m.ssm_lr, m.eps, m.clip)}
+        self.wm_opt = Optimizer(optax.multi_transform(groups, self.labels), self.fp16)
+        self.actor_opt = Optimizer(adam(ao.lr, ao.eps, ao.clip, ao.wd, kernel_mask), self.fp16)
+        self.critic_opt = Optimizer(adam(co.lr, co.eps, co.clip, co.wd, kernel_mask), self.fp16)
         initial_state = lambda wm, actor, critic: AgentState(
             wm=wm,
             actor=actor,
@@ -271,8 +283,6 @@ class Agent:
             critic_opt=self.critic_opt.init(eqx.filter(critic, eqx.is_array)),
             retnorm=jnp.zeros(2, jnp.float32),
             updates=jnp.zeros((), jnp.int32),
-            loss_scale=jnp.full(3, 1e4 if self.fp16 else 1.0, jnp.float32),
-            good_steps=jnp.zeros(3, jnp.int32),
         )
         self.state = eqx.filter_jit(initial_state)(wm, actor, critic)  # the setter places it
         self._train = eqx.filter_jit(self._train_impl, donate="all-except-first")
@@ -354,21 +364,17 @@ class Agent:
         k_wm, k_imag, k_start = jax.random.split(key, 3)
         wm_params, wm_static = eqx.partition(state.wm, eqx.is_array)
         loss_fn = lambda p: world_model_loss(eqx.combine(p, wm_static), batch, k_wm, self.setup)
-        step = optimize(
-            self.wm_opt, loss_fn, wm_params, state.wm_opt, state.loss_scale[0], state.good_steps[0], self.fp16
-        )
+        step = self.wm_opt.step(loss_fn, wm_params, state.wm_opt)
         post, metrics = step.aux
         metrics = dict(
             metrics,
             model_opt_skipped=1.0 - step.finite,
-            model_opt_loss_scale=step.scale,
+            model_opt_loss_scale=step.state.scale,
             **self._grad_norms(step.grads),
         )
         state = state._replace(
             wm=eqx.combine(step.params, wm_static),
-            wm_opt=step.opt_state,
-            loss_scale=state.loss_scale.at[0].set(step.scale),
-            good_steps=state.good_steps.at[0].set(step.good),
+            wm_opt=step.state,
         )
         start, start_cont = imagination_starts(post, batch["is_terminal"], self.cfg.imag_starts, k_start)
         state, ac_metrics = self._actor_critic(state, start, start_cont, k_imag)
@@ -391,19 +397,12 @@ class Agent:
         cfg, setup, wm = self.cfg, self.setup, jax.tree.map(sg, state.wm)
         actor_params, actor_static = eqx.partition(state.actor, eqx.is_array)
         critic_params, critic_static = eqx.partition(state.critic, eqx.is_array)
-        scale, good = state.loss_scale, state.good_steps
-        critic_step = lambda traj: optimize(
-            self.critic_opt,
+        critic_step = lambda traj: self.critic_opt.step(
             lambda p: critic_loss(eqx.combine(p, critic_static), state.slow_critic, traj, setup),
             critic_params,
             state.critic_opt,
-            scale[2],
-            good[2],
-            self.fp16,
         )
-        actor_step = lambda fn: optimize(
-            self.actor_opt, fn, actor_params, state.actor_opt, scale[1], good[1], self.fp16
-        )
+        actor_step = lambda fn: self.actor_opt.step(fn, actor_params, state.actor_opt)
         if self.discrete:
             reuse = self._reuse_actor_vjp(start_cont.shape[0])
             traj, saved = imagine(
@@ -439,15 +438,13 @@ class Agent:
         )
         state = state._replace(
             actor=eqx.combine(a.params, actor_static),
-            actor_opt=a.opt_state,
+            actor_opt=a.state,
             critic=critic,
-            critic_opt=c.opt_state,
+            critic_opt=c.state,
             slow_critic=slow_critic_update(
                 state.slow_critic, critic, state.updates == 0, cfg.slow_critic_fraction
             ),
             retnorm=retnorm,
-            loss_scale=scale.at[1].set(a.scale).at[2].set(c.scale),
-            good_steps=good.at[1].set(a.good).at[2].set(c.good),
         )
         return state, metrics
 

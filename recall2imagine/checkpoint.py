@@ -131,6 +131,16 @@ def _load_tree(path, like):
     return tree
 
 
+def _load_earlier(path, earlier):
+    """The tree of `path` in the first of the earlier layouts [(like_then, upgrade)] it fits, upgraded."""
+    for like_then, upgrade in earlier:
+        try:
+            return upgrade(_load_tree(path, like_then))
+        except _Mismatch:
+            continue
+    return None
+
+
 class SharedFiles:
     """Immutable files that several checkpoints use, named ``<prefix>-<sha256 of the bytes>``.
 
@@ -360,35 +370,40 @@ class Checkpointer:
                     return problem
         return None
 
-    def load(self, path, like_tree, extra=None):
+    def load(self, path, like_tree, extra=None, earlier=()):
         """Loads one checkpoint folder; raises CheckpointError if it is incomplete,
-        corrupt or does not fit ``like_tree``. Returns ``(step, tree, meta)``."""
+        corrupt or fits neither ``like_tree`` nor an ``earlier`` layout (see ``load_latest``).
+        Returns ``(step, tree, meta)``."""
         path = pathlib.Path(path)
         problem = self._verify(path, shared=extra is not None)
         if problem:
             raise CheckpointError(f'checkpoint {path}: {problem}')
-        return self._load_verified(path, like_tree, extra)
+        return self._load_verified(path, like_tree, extra, earlier)
 
-    def _load_verified(self, path, like_tree, extra):
+    def _load_verified(self, path, like_tree, extra, earlier):
         commit = json.loads((path / COMMIT).read_text())
         meta = json.loads((path / META).read_text())
         try:
             tree = _load_tree(path / STATE, like_tree)
         except _Mismatch as e:
-            raise CheckpointError(
-                f'checkpoint {path} does not fit the current model: {e}. Did the config '
-                'change? Resume with the original config, or use a new --logdir.'
-            ) from None
+            tree = _load_earlier(path / STATE, earlier)
+            if tree is None:
+                raise CheckpointError(
+                    f'checkpoint {path} does not fit the current model: {e}. Did the config '
+                    'change? Resume with the original config, or use a new --logdir.'
+                ) from None
         if extra is not None:
             extra(path, SharedFiles(self.directory / SHARED))
         self.loaded = path
         return int(commit['step']), tree, meta
 
-    def load_latest(self, like_tree, extra=None):
+    def load_latest(self, like_tree, extra=None, earlier=()):
         """``(step, tree, meta)`` of the newest intact checkpoint, or None.
 
         ``like_tree`` gives the structure, shapes and dtypes (e.g. the freshly built
-        state). Incomplete or corrupt checkpoints are skipped with a warning. A
+        state); ``earlier`` holds ``(like_then, upgrade)`` pairs for trees written in an
+        earlier layout: a checkpoint that does not fit ``like_tree`` but fits ``like_then``
+        is loaded as ``upgrade(tree)``. Incomplete or corrupt checkpoints are skipped with a warning. A
         checkpoint that is intact but does not fit ``like_tree`` raises CheckpointError
         (falling back would silently lose progress). ``extra(folder, shared)`` is called on
         the chosen checkpoint after its tree loaded (e.g. ``replay.load``)."""
@@ -401,5 +416,5 @@ class Checkpointer:
                     stacklevel=2,
                 )
                 continue
-            return self._load_verified(path, like_tree, extra)
+            return self._load_verified(path, like_tree, extra, earlier)
         return None

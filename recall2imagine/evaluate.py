@@ -44,6 +44,7 @@ def load_agent_state(agent, source):
     ConfigError with one line when there is none or it does not fit the agent's config."""
     import jax
 
+    from recall2imagine.agent import earlier_checkpoints
     from recall2imagine.checkpoint import COMMIT, Checkpointer, CheckpointError
 
     source = pathlib.Path(source).expanduser()
@@ -51,13 +52,13 @@ def load_agent_state(agent, source):
     try:
         if (source / COMMIT).is_file():
             ckpt = Checkpointer(source.parent)
-            restored = ckpt.load(source, like)
+            restored = ckpt.load(source, like, earlier=earlier_checkpoints(like))
         else:
             cfg = (
                 configlib.Config.load(source / "config.yaml") if (source / "config.yaml").is_file() else None
             )
             ckpt = Checkpointer(checkpoint_dir(source, cfg) if cfg is not None else source / "checkpoints")
-            restored = ckpt.load_latest(like)
+            restored = ckpt.load_latest(like, earlier=earlier_checkpoints(like))
     except CheckpointError as e:
         raise configlib.ConfigError(str(e)) from None
     if not restored:

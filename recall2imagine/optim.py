@@ -14,48 +14,65 @@ import optax
 SSM_LEAVES = ("Lambda_re", "Lambda_im", "B", "C", "D", "log_step")
 
 
+class OptState(NamedTuple):
+    """What one optimised part (world model, actor or critic) carries from update to update."""
+
+    inner: Any  # the optax state
+    scale: jax.Array  # [] dynamic loss scale (float16; 1 otherwise)
+    good: jax.Array  # [] finite steps in a row
+
+
 class Step(NamedTuple):
-    """What one `optimize` call returns."""
+    """What one `Optimizer.step` returns."""
 
     params: Any
-    opt_state: Any
-    scale: jax.Array  # [] loss scale after this step
-    good: jax.Array  # [] finite steps in a row
+    state: OptState
     loss: jax.Array
     aux: Any  # loss_fn's aux
     grads: Any
     finite: jax.Array  # [] bool: the update was applied
 
 
-def optimize(opt, loss_fn, params, opt_state, scale, good, fp16) -> Step:
-    """One optimiser step with a skip of non-finite updates and, for float16, dynamic loss scaling.
+class Optimizer(NamedTuple):
+    """An optax transformation with a skip of non-finite updates and, for float16, dynamic loss scaling."""
 
-    loss_fn(params) -> (loss, aux). The loss is multiplied by `scale` before differentiation and
-    the gradients divided by it; on non-finite gradients the update is skipped and the scale
-    halved, after 1000 finite steps in a row it doubles (clipped to [1e-4, 1e4]).
-    """
-    if fp16:
+    tx: optax.GradientTransformation
+    fp16: bool
 
-        def scaled(p):
-            loss, aux = loss_fn(p)
-            return loss * scale, (loss, aux)
+    def init(self, params) -> OptState:
+        scale = jnp.asarray(1e4 if self.fp16 else 1.0, jnp.float32)
+        return OptState(self.tx.init(params), scale, jnp.zeros((), jnp.int32))
 
-        (_, (loss, aux)), grads = jax.value_and_grad(scaled, has_aux=True)(params)
-        grads = jax.tree.map(lambda g: g * (1.0 / scale), grads)
-    else:
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-    updates, new_state = opt.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    keep = lambda new, old: jnp.where(finite, new, old)
-    params, opt_state = jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_state, opt_state)
-    if fp16:
-        grow = finite & (good + 1 >= 1000)
-        scale = jnp.clip(jnp.where(finite, jnp.where(grow, 2 * scale, scale), scale / 2), 1e-4, 1e4)
-        good = jnp.where(finite & ~grow, good + 1, 0)
-    else:
-        good = jnp.where(finite, good + 1, 0)
-    return Step(params, opt_state, scale, good, loss, aux, grads, finite)
+    def step(self, loss_fn, params, state: OptState) -> Step:
+        """One step on loss_fn(params) -> (loss, aux).
+
+        The loss is multiplied by the loss scale before differentiation and the gradients divided by
+        it (float16); on non-finite gradients the update is skipped and the scale halved, after 1000
+        finite steps in a row it doubles (clipped to [1e-4, 1e4]).
+        """
+        scale, good = state.scale, state.good
+        if self.fp16:
+
+            def scaled(p):
+                loss, aux = loss_fn(p)
+                return loss * scale, (loss, aux)
+
+            (_, (loss, aux)), grads = jax.value_and_grad(scaled, has_aux=True)(params)
+            grads = jax.tree.map(lambda g: g * (1.0 / scale), grads)
+        else:
+            (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        updates, inner = self.tx.update(grads, state.inner, params)
+        new_params = optax.apply_updates(params, updates)
+        keep = lambda new, old: jnp.where(finite, new, old)
+        params, inner = jax.tree.map(keep, new_params, params), jax.tree.map(keep, inner, state.inner)
+        if self.fp16:
+            grow = finite & (good + 1 >= 1000)
+            scale = jnp.clip(jnp.where(finite, jnp.where(grow, 2 * scale, scale), scale / 2), 1e-4, 1e4)
+            good = jnp.where(finite & ~grow, good + 1, 0)
+        else:
+            good = jnp.where(finite, good + 1, 0)
+        return Step(params, OptState(inner, scale, good), loss, aux, grads, finite)
 
 
 def global_norm(tree):

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from recall2imagine import config as configlib
-from recall2imagine.agent import Agent
+from recall2imagine.agent import Agent, earlier_checkpoints
 from recall2imagine.checkpoint import Checkpointer, CheckpointError, config_hash
 from recall2imagine.driver import Driver
 from recall2imagine.envs import env_options, make_env, memory_horizon, parse_task
@@ -35,7 +35,7 @@ def random_policy(act_space, rng):
     return policy
 
 
-# Updates are skipped when their gradients are not finite (agent.optimize), so the weights stay
+# Updates are skipped when their gradients are not finite (optim.Optimizer.step), so the weights stay
 # those of the last finite update; this many skipped world-model updates in a row stop the run.
 MAX_BAD_UPDATES = 100
 
@@ -236,7 +236,8 @@ class Trainer:
 
     def resume(self):
         """Restore the newest intact checkpoint: model, optimisers, replay, counters, RNG state."""
-        restored = self.ckpt.load_latest({"agent": self.agent.state, "key": self.key}, extra=self.replay.load)
+        like = {"agent": self.agent.state, "key": self.key}
+        restored = self.ckpt.load_latest(like, extra=self.replay.load, earlier=earlier_checkpoints(like))
         if not restored:
             if self.cfg.run.from_checkpoint:  # a new run from another run's agent
                 from recall2imagine.evaluate import load_agent_state

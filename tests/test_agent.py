@@ -117,7 +117,7 @@ def _reference_actor_critic(agent, state, start, start_cont, key):
     ):
         params = eqx.filter(getattr(state, name), eqx.is_array)
         loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, _ = opt.update(grads, getattr(state, name + "_opt"), params)
+        updates, _ = opt.tx.update(grads, getattr(state, name + "_opt").inner, params)
         out[name], out[name + "_loss"] = optax.apply_updates(params, updates), loss
     return out, retnorm
 

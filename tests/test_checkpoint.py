@@ -262,3 +262,46 @@ def test_corrupt_shared_chunk_skips_checkpoint(tmp_path):
         step, _, _ = ckpt.load_latest(_small(0), extra=MemoryReplay(400, 2, seed=0).load)
     assert step == 60
     assert ckpt.load_latest(_small(0))[0] == 120  # without the replay, the shared files are not read
+
+
+def test_checkpoint_of_the_earlier_agent_layout_loads(tmp_path, agent):
+    """Checkpoints written before the optimisers carried their own loss scale (AgentState ended in two
+    [3] arrays, loss_scale and good_steps) resume into the current layout; a tree that fits neither
+    layout still raises."""
+    from typing import NamedTuple
+
+    from recall2imagine.agent import earlier_checkpoints
+
+    class OldAgentState(NamedTuple):  # the layout of AgentState until 2026-12-04, written out here
+        wm: object
+        actor: object
+        critic: object
+        slow_critic: object
+        wm_opt: object
+        actor_opt: object
+        critic_opt: object
+        retnorm: object
+        updates: object
+        loss_scale: object
+        good_steps: object
+
+    s = agent.state
+    old = OldAgentState(
+        s.wm, s.actor, s.critic, s.slow_critic, s.wm_opt.inner, s.actor_opt.inner, s.critic_opt.inner,
+        jnp.array([0.5, 2.0]), jnp.int32(41), jnp.array([8.0, 4.0, 2.0]), jnp.array([3, 2, 1], jnp.int32),
+    )  # fmt: skip
+    Checkpointer(tmp_path).save(50, {"agent": old, "key": jax.random.PRNGKey(5)}, {"counters": {}})
+    like = {"agent": _zeros_like(s), "key": jax.random.PRNGKey(0)}
+    with pytest.raises(CheckpointError, match="does not fit"):
+        Checkpointer(tmp_path).load_latest(like)  # without the earlier layout
+    step, tree, _ = Checkpointer(tmp_path).load_latest(like, earlier=earlier_checkpoints(like))
+    new = tree["agent"]
+    assert step == 50 and int(new.updates) == 41 and new.retnorm.tolist() == [0.5, 2.0]
+    got = [(float(o.scale), int(o.good)) for o in (new.wm_opt, new.actor_opt, new.critic_opt)]
+    assert got == [(8.0, 3), (4.0, 2), (2.0, 1)]
+    _assert_bitwise_equal(new._replace(wm_opt=new.wm_opt.inner, actor_opt=new.actor_opt.inner,
+                                       critic_opt=new.critic_opt.inner, retnorm=s.retnorm, updates=s.updates),
+                          s._replace(wm_opt=s.wm_opt.inner, actor_opt=s.actor_opt.inner,
+                                     critic_opt=s.critic_opt.inner))  # fmt: skip
+    Checkpointer(tmp_path / "new").save(60, {"agent": new, "key": tree["key"]}, {"counters": {}})
+    assert Checkpointer(tmp_path / "new").load_latest(like)[0] == 60  # saved again in the current layout

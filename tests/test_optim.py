@@ -19,24 +19,39 @@ def test_ssm_parameter_group():
     assert sum(l == "ssm" for _, l in paths) == len(SSM_LEAVES) * cfg.ssm.n_layers
 
 
-def test_optimize_skips_nonfinite_and_scales_loss():
+def test_optimizer_skips_nonfinite_and_scales_loss():
     import optax
-    from recall2imagine.optim import optimize
 
-    opt = optax.sgd(0.1)
+    from recall2imagine.optim import Optimizer, OptState
+
+    opt = Optimizer(optax.sgd(0.1), fp16=True)
     params = {"w": jnp.ones(3)}
     state = opt.init(params)
+    assert float(state.scale) == 1e4 and int(state.good) == 0
     bad = lambda p: ((p["w"] * jnp.array([1.0, jnp.inf, 1.0])).sum(), None)
-    p2, _, scale, good, _, _, _, finite = optimize(
-        opt, bad, params, state, jnp.float32(1e4), jnp.int32(5), True
-    )
-    assert not bool(finite) and float(scale) == 5e3 and int(good) == 0
-    np.testing.assert_array_equal(p2["w"], params["w"])  # skipped
+    step = opt.step(bad, params, state._replace(good=jnp.int32(5)))
+    assert not bool(step.finite) and float(step.state.scale) == 5e3 and int(step.state.good) == 0
+    np.testing.assert_array_equal(step.params["w"], params["w"])  # skipped
     good_fn = lambda p: ((p["w"] ** 2).sum(), None)
-    p3, _, scale, good, loss, _, grads, finite = optimize(
-        opt, good_fn, params, state, jnp.float32(1e4), jnp.int32(999), True
-    )
-    assert bool(finite) and float(scale) == 1e4 and int(good) == 0  # doubled, clipped at 1e4
-    np.testing.assert_allclose(grads["w"], 2.0)  # unscaled gradients
-    np.testing.assert_allclose(p3["w"], 0.8)
-    assert float(loss) == 3.0
+    step = opt.step(good_fn, params, state._replace(good=jnp.int32(999)))
+    assert bool(step.finite) and float(step.state.scale) == 1e4 and int(step.state.good) == 0  # doubled, clipped
+    np.testing.assert_allclose(step.grads["w"], 2.0)  # unscaled gradients
+    np.testing.assert_allclose(step.params["w"], 0.8)
+    assert float(step.loss) == 3.0
+    step = opt.step(good_fn, params, OptState(state.inner, jnp.float32(8.0), jnp.int32(3)))
+    assert float(step.state.scale) == 8.0 and int(step.state.good) == 4  # counts up below 1000
+
+
+def test_float32_optimizer_counts_finite_steps_and_keeps_scale():
+    import optax
+
+    from recall2imagine.optim import Optimizer
+
+    opt = Optimizer(optax.sgd(0.1), fp16=False)
+    params = {"w": jnp.ones(2)}
+    state = opt.init(params)
+    assert float(state.scale) == 1.0
+    step = opt.step(lambda p: ((p["w"] ** 2).sum(), None), params, state)
+    assert int(step.state.good) == 1 and float(step.state.scale) == 1.0
+    step = opt.step(lambda p: ((p["w"] * jnp.nan).sum(), None), step.params, step.state)
+    assert int(step.state.good) == 0 and not bool(step.finite)
