@@ -13,12 +13,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from recall2imagine.devices import DTYPES, Placement, resolve_precision, trim_after_compiles
 from recall2imagine.nets import dists
 from recall2imagine.nets.layers import MLP, feature_size, features, replayed_outputs
-from recall2imagine.optim import Optimizer, OptState, adam, global_norm, kernel_mask, param_labels
+from recall2imagine.optim import OptState, global_norm, optimizers, param_labels
 from recall2imagine.world_model import WorldModel, openloop, world_model_loss
 
 sg = jax.lax.stop_gradient
@@ -265,14 +264,8 @@ class Agent:
             self.value_bins,
             dists.ActionDist(self.discrete, self.act_dim, a.unimix, a.minstd, a.maxstd),
         )
-        wm_params = eqx.filter(wm, eqx.is_array)
-        m, ao, co = cfg.model_opt, cfg.actor_opt, cfg.critic_opt
-        # the S5 leaves form their own group: own lr, own global-norm clip, no weight decay
-        self.labels = param_labels(wm_params)
-        groups = {"rest": adam(m.lr, m.eps, m.clip, m.wd, kernel_mask), "ssm": adam(m.ssm_lr, m.eps, m.clip)}
-        self.wm_opt = Optimizer(optax.multi_transform(groups, self.labels), self.fp16)
-        self.actor_opt = Optimizer(adam(ao.lr, ao.eps, ao.clip, ao.wd, kernel_mask), self.fp16)
-        self.critic_opt = Optimizer(adam(co.lr, co.eps, co.clip, co.wd, kernel_mask), self.fp16)
+        self.labels = param_labels(eqx.filter(wm, eqx.is_array))
+        self.wm_opt, self.actor_opt, self.critic_opt = optimizers(cfg, self.labels, self.fp16)
         initial_state = lambda wm, actor, critic: AgentState(
             wm=wm,
             actor=actor,

@@ -103,6 +103,19 @@ def adam(lr, eps, clip, wd=0.0, wd_mask=None):
     return optax.chain(*parts)
 
 
+def optimizers(cfg, labels, fp16):
+    """The (world model, actor, critic) Optimizers of the config's `model_opt`, `actor_opt`, `critic_opt`.
+    `labels`: `param_labels` of the world model; its S5 leaves form their own group (own learning rate,
+    own global-norm clip, no weight decay)."""
+    m, a, c = cfg.model_opt, cfg.actor_opt, cfg.critic_opt
+    groups = {"rest": adam(m.lr, m.eps, m.clip, m.wd, kernel_mask), "ssm": adam(m.ssm_lr, m.eps, m.clip)}
+    return (
+        Optimizer(optax.multi_transform(groups, labels), fp16),
+        Optimizer(adam(a.lr, a.eps, a.clip, a.wd, kernel_mask), fp16),
+        Optimizer(adam(c.lr, c.eps, c.clip, c.wd, kernel_mask), fp16),
+    )
+
+
 def _leaf_name(path):
     last = path[-1]
     return getattr(last, "name", getattr(last, "key", str(last)))
