@@ -11,7 +11,8 @@ restarts it with the same command. Reported per segment: how it ended, the step 
 last step logged before the kill, env steps lost (last logged step - resumed step, with LFS the
 steps the durable replay did not hold), whether any logged step went back, checkpoint save seconds,
 the run's resident memory (the process and its env workers) soon after start and at the end, and
-the disk used by the logdir. `--faults` instead runs two short cases: the disk filling up during a
+the disk used by the logdir. `--single` runs one segment of --minutes without kills and fits the growth
+of resident memory per hour to one sample a minute (after a 10-minute warm-up). `--faults` instead runs two short cases: the disk filling up during a
 save (the logdir on a small tmpfs; needs root) and a corrupted newest checkpoint.
 """
 
@@ -125,13 +126,15 @@ def segment(args, logdir, out, how, rng, deadline):
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    t0, rss_start, ended, rss_end = time.time(), None, None, float('nan')
+    t0, rss_start, ended, rss_end, trace = time.time(), None, None, float('nan'), []
     ckpts = (logdir / 'lfs' if args.lfs else logdir) / 'checkpoints'
     wait = args.min_s if how == 'term' else rng.uniform(args.min_s, args.max_s)
     while proc.poll() is None:
         now = time.time() - t0
         if rss_start is None and now > 45:
             rss_start = tree_rss_mib(proc.pid)
+        if now > 60 * (len(trace) + 1):  # one sample a minute, for --single
+            trace.append((now, tree_rss_mib(proc.pid)))
         saving = (
             how == 'kill in save'
             and now > args.min_s
@@ -162,6 +165,7 @@ def segment(args, logdir, out, how, rng, deadline):
         rss_end=rss_end,
         logdir_mib=dir_mib(logdir),
         tracebacks=text.count('Traceback'),
+        trace=trace,
     )
 
 
@@ -173,7 +177,9 @@ def soak(args):
     out = logdir.parent / f'{logdir.name}.out'
     out.write_text('')
     deadline, rows = time.time() + 60 * args.minutes, []
-    while time.time() < deadline - args.min_s:
+    if args.single:  # one segment of --minutes, then SIGTERM
+        args.min_s = args.max_s = 60 * args.minutes
+    while not args.single and time.time() < deadline - args.min_s:
         rows.append(
             segment(args, logdir, out, 'kill in save' if len(rows) % 3 == 2 else 'kill', rng, deadline)
         )
@@ -222,6 +228,15 @@ def report(args, logdir, rows, monotone):
         f'saves: {len(secs)}, seconds median {secs[len(secs) // 2] if secs else float("nan"):.2f}, max '
         f'{secs[-1] if secs else float("nan"):.2f}; RSS growth within segments: {growth:+,.0f} MiB per hour'
     )
+    trace = [(t, m) for r in rows for t, m in r['trace'] if t >= 600]
+    if len(trace) >= 10:  # --single: least-squares slope after a 10-minute warm-up, and the samples
+        tm, mm = sum(t for t, _ in trace) / len(trace), sum(m for _, m in trace) / len(trace)
+        slope = sum((t - tm) * (m - mm) for t, m in trace) / sum((t - tm) ** 2 for t, _ in trace)
+        print(
+            f'RSS from minute 10 to {trace[-1][0] / 60:.0f}: {min(m for _, m in trace):,.0f}-'
+            f'{max(m for _, m in trace):,.0f} MiB, least-squares slope {3600 * slope:+,.0f} MiB per hour; '
+            'per minute: ' + ' '.join(f'{m:.0f}' for _, m in rows[-1]['trace'])
+        )
 
 
 def faults(args):
@@ -318,6 +333,9 @@ def main():
     p.add_argument('--max_s', type=float, default=240, help='longest segment before a kill')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--faults', action='store_true', help='run the full-disk and corrupt-checkpoint cases')
+    p.add_argument(
+        '--single', action='store_true', help='one segment of --minutes without kills: RSS sampled every minute'
+    )
     p.add_argument(
         '--tmpfs_mib',
         type=int,
