@@ -31,3 +31,9 @@ def random_batch(cfg, env, act_dim, seed=0, resets=True, terminal_rate=0.1):
     if resets:
         batch["is_first"][0, T // 3] = batch["is_first"][-1, T // 2] = True
     return batch
+
+
+def run_argv(logdir, flags):
+    """`train.main` arguments: `flags` (one string, split at spaces) of a run without evaluation
+    episodes or reports, writing to `logdir`."""
+    return [*flags.split(), "--run.eval_eps", "0", "--run.report_every", "0", "--logdir", str(logdir)]

@@ -10,6 +10,7 @@ pytest.importorskip("ale_py", reason="ale-py is not installed (pip install -e .[
 from recall2imagine import train  # noqa: E402
 from recall2imagine.envs import make_env  # noqa: E402
 from recall2imagine.envs.base import check_obs  # noqa: E402
+from helpers import run_argv  # noqa: E402
 
 
 def test_pong_spaces_and_frames():
@@ -32,23 +33,7 @@ def test_unknown_game_suggests_a_name(tmp_path, capsys):
 
 def test_pong_debug_run(tmp_path):
     logdir = tmp_path / "run"
-    code = train.main(
-        [
-            "--configs",
-            "atari100k",
-            "debug",
-            "--logdir",
-            str(logdir),
-            "--envs.size",
-            "16,16",
-            "--run.steps",
-            "200",
-            "--run.eval_eps",
-            "0",
-            "--run.report_every",
-            "0",
-        ]
-    )
+    code = train.main(run_argv(logdir, "--configs atari100k debug --envs.size 16,16 --run.steps 200"))
     assert code == 0
     rows = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("train/image_loss") is not None for r in rows)

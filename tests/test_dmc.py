@@ -10,6 +10,7 @@ from recall2imagine import train
 from recall2imagine.envs import env_options, make_env
 from recall2imagine.envs import memory_maze as mm
 from recall2imagine.envs.base import check_obs
+from helpers import run_argv
 
 pytestmark = pytest.mark.skipif(
     not mm.available(), reason="dm-control / mujoco not installed (the mmaze extra)"
@@ -59,23 +60,7 @@ def test_unknown_dmc_task_is_one_line(tmp_path, capsys):
 
 def test_dmc_cartpole_balance_trains_through_the_continuous_actor(tmp_path):
     logdir = tmp_path / "run"
-    code = train.main(
-        [
-            "--configs",
-            "dmc_proprio",
-            "debug",
-            "--task",
-            "dmc:cartpole_balance",
-            "--logdir",
-            str(logdir),
-            "--run.steps",
-            "300",
-            "--run.eval_eps",
-            "0",
-            "--run.report_every",
-            "0",
-        ]
-    )
+    code = train.main(run_argv(logdir, "--configs dmc_proprio debug --task dmc:cartpole_balance --run.steps 300"))
     assert code == 0
     rows = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
     actor = [r["train/actor_loss"] for r in rows if r.get("train/actor_loss") is not None]

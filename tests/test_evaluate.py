@@ -8,26 +8,13 @@ import pytest
 
 from recall2imagine import config as configlib
 from recall2imagine import evaluate, load_agent, train
+from helpers import run_argv
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     logdir = tmp_path_factory.mktemp("src") / "run"
-    code = train.main(
-        [
-            "--configs",
-            "popgym",
-            "debug",
-            "--logdir",
-            str(logdir),
-            "--run.steps",
-            "200",
-            "--run.eval_eps",
-            "0",
-            "--run.report_every",
-            "0",
-        ]
-    )
+    code = train.main(run_argv(logdir, "--configs popgym debug --run.steps 200"))
     assert code == 0
     return logdir
 

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from recall2imagine import train
+from helpers import run_argv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -145,21 +146,7 @@ def test_non_finite_updates_in_a_row_stop_with_the_last_good_checkpoint(tmp_path
     monkeypatch.setattr(trainer, "MAX_BAD_UPDATES", 5)
     monkeypatch.setattr(Agent, "train", lambda self, batch, key: {"model_opt_skipped": np.float32(1.0)})
     logdir = tmp_path / "run"
-    code = train.main(
-        [
-            "--configs",
-            "popgym",
-            "debug",
-            "--logdir",
-            str(logdir),
-            "--run.steps",
-            "2000",
-            "--run.eval_eps",
-            "0",
-            "--run.report_every",
-            "0",
-        ]
-    )
+    code = train.main(run_argv(logdir, "--configs popgym debug --run.steps 2000"))
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: the last ") and err.count("\n") == 1, err
     assert "world-model updates had non-finite gradients" in err and "no checkpoint was written yet" in err, (
