@@ -242,6 +242,8 @@ def report(args, logdir, rows, monotone):
 def faults(args):
     """Disk full during a save; a corrupt newest checkpoint."""
     root = pathlib.Path(args.root) / 'faults'
+    if os.path.ismount(root / 'tmpfs'):  # left mounted by a soak killed before its clean-up
+        subprocess.run(['umount', str(root / 'tmpfs')])
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     results = []
