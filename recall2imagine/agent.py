@@ -236,8 +236,6 @@ class Agent:
         # scan's backward pass all-reduces two SSM gradients at every step (BENCHMARKS.md, "Several processes")
         auto = jax.default_backend() != "cpu" or jax.process_count() > 1
         parallel = {"auto": auto, "True": True, "False": False}
-        if str(cfg.ssm.parallel) not in parallel:
-            raise ValueError(f"ssm.parallel must be auto, True or False, got {cfg.ssm.parallel!r}")
         a, c = cfg.actor, cfg.critic
 
         def networks(key):

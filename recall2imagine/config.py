@@ -701,6 +701,21 @@ RANGES = (
 )
 
 
+# The values each string-valued option with a fixed set of them accepts (configs.yaml comments).
+CHOICES = (
+    ('replay', ('memory', 'disk', 'lfs')),
+    ('jax.platform', ('auto', 'cpu', 'gpu')),
+    ('jax.precision', ('auto', 'float32', 'bfloat16', 'float16')),
+    ('envs.parallel', ('none', 'process')),
+    ('rssm.core', ('ssm', 'gru')),
+    ('rssm.initial', ('learned', 'zeros')),
+    ('ssm.C_init', ('trunc_standard_normal', 'lecun_normal', 'complex_normal')),
+    ('ssm.discretization', ('bilinear', 'zoh')),
+    ('ssm.reset_mode', ('init', 'none')),
+    ('ssm.parallel', ('auto', 'True', 'False')),
+)
+
+
 def _interval(text: str):
     """'[1, inf)' -> (1.0, inf, lo_closed, hi_closed)."""
     lo, hi = (float(x) for x in text[1:-1].split(','))
@@ -730,6 +745,10 @@ def check_ranges(cfg: Config) -> None:
             if not inside:
                 kind = 'an integer' if isinstance(v, int) else 'a number'
                 raise ConfigError(f'--{key} {_fmt(v)} is out of range: it must be {kind} in {rule}')
+
+    for key, allowed in CHOICES:
+        if str(flat[key]) not in allowed:
+            raise ConfigError(f'--{key} {flat[key]!r} is not one of: {", ".join(allowed)}')
 
     def need(ok, message):
         if not ok:

@@ -47,8 +47,6 @@ class DivergedError(ValueError):
 def env_factory(cfg):
     """make_env, or ProcessEnv (same signature) with `--envs.parallel process`; checks RAM first
     for Memory Maze (~0.6 GB per env)."""
-    if cfg.envs.parallel not in ("none", "process"):
-        raise configlib.ConfigError(f"--envs.parallel must be none or process, got {cfg.envs.parallel!r}")
     if parse_task(cfg.task)[0] == "memory_maze":  # refuse before swapping or an OOM kill
         from recall2imagine.envs.memory_maze import check_memory
 

@@ -377,6 +377,37 @@ def test_every_numeric_key_refuses_out_of_range_values(key, is_int, capsys):
         assert err.startswith(f'error: --{key} ') and err.count('\n') == 1 and 'Traceback' not in err, err
 
 
+@pytest.mark.parametrize('key, allowed', C.CHOICES)
+def test_every_string_option_refuses_values_outside_its_choices(key, allowed, capsys):
+    """Table-driven over config.CHOICES: each listed value parses, any other is one line naming the key
+    and the allowed values, exit code 2; and the listed keys are exactly the ones configs.yaml documents
+    with `a | b` choices."""
+    from recall2imagine import train
+
+    assert str(C.default_config()[key]) in allowed
+    for value in allowed:
+        assert str(parse(['--configs', 'popgym', 'debug', f'--{key}', value])[key]) == value
+    code = train.main(['--configs', 'popgym', 'debug', f'--{key}', 'nonsense'])
+    err = capsys.readouterr().err
+    assert code == 2 and err == f"error: --{key} 'nonsense' is not one of: {', '.join(allowed)}\n", err
+
+
+def test_choices_cover_the_documented_string_options():
+    """The keys of config.CHOICES are the ones whose configs.yaml comment lists choices (`a | b`)."""
+    documented, path = set(), []
+    for line in C._configs_text().split('\ndefaults:\n', 1)[1].splitlines():
+        if line and not line.startswith(' '):
+            break  # the next block
+        m = re.match(r'^( +)([A-Za-z_]+):(.*)$', line)
+        if not m:
+            continue
+        depth = len(m.group(1)) // 2 - 1
+        path = path[:depth] + [m.group(2)]
+        if re.search(r'#.* \| ', m.group(3)):
+            documented.add('.'.join(path))
+    assert documented == {k for k, _ in C.CHOICES}
+
+
 @pytest.mark.parametrize(
     'argv, needle',
     [

@@ -93,12 +93,14 @@ def test_both_cores_train(core):
 
 
 def test_gru_rejects_hidden_input_and_unknown_core():
+    from recall2imagine.config import ConfigError
+
     cfg = _cfg("--rssm.core", "gru")  # popgym asks for (stoch, hidden) as actor/critic inputs
     env = make_env(cfg.task, seed=0)
     with pytest.raises(ValueError, match="--actor.inputs deter,stoch --critic.inputs deter,stoch"):
         Agent(cfg, env.obs_space, env.act_space, jax.random.PRNGKey(0))
-    with pytest.raises(ValueError, match="ssm or gru"):
-        Agent(_cfg("--rssm.core", "lstm"), env.obs_space, env.act_space, jax.random.PRNGKey(0))
+    with pytest.raises(ConfigError, match="not one of: ssm, gru"):
+        _cfg("--rssm.core", "lstm")
 
 
 def test_wm_loss_parallel_equals_sequential():

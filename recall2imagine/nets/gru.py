@@ -72,10 +72,8 @@ class GRURSSM(eqx.Module):
         self.obs_stats = Linear(r.units, zdim, key=ks[5])
         if r.initial == "learned":
             self.initial_deter = jnp.zeros((r.deter,), jnp.float32)
-        elif r.initial == "zeros":
+        else:  # zeros
             self.initial_deter = None
-        else:
-            raise ValueError(f"rssm.initial must be 'learned' or 'zeros', got {r.initial!r}")
         self.deter, self.stoch, self.classes, self.unimix = r.deter, r.stoch, r.classes, r.unimix
         self.action_clip = r.action_clip
 

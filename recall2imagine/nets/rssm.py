@@ -99,12 +99,8 @@ class RSSM(eqx.Module):
         if r.initial == "learned":
             self.initial_hidden = jnp.zeros((2,) + self.stack.state_shape, jnp.float32)
             self.initial_deter = jnp.zeros((r.deter,), jnp.float32)
-        elif r.initial == "zeros":
+        else:  # zeros
             self.initial_hidden = self.initial_deter = None
-        else:
-            raise ValueError(f"rssm.initial must be 'learned' or 'zeros', got {r.initial!r}")
-        if s.reset_mode not in ("init", "none"):
-            raise ValueError(f"ssm.reset_mode must be 'init' or 'none', got {s.reset_mode!r}")
         self.stoch, self.classes, self.unimix = r.stoch, r.classes, r.unimix
         self.action_clip = r.action_clip
         self.reset = s.reset_mode == "init"
