@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from recall2imagine.devices import DTYPES, Placement, resolve_precision, trim_after_compiles
+from recall2imagine.devices import DTYPES, Placement, PolicyParams, resolve_precision
+from recall2imagine.devices import scan_parallel, trim_after_compiles
 from recall2imagine.nets import dists
 from recall2imagine.nets.layers import MLP, feature_size, features, replayed_outputs
 from recall2imagine.optim import OptState, global_norm, optimizers, param_labels
@@ -35,15 +36,6 @@ class Setup(NamedTuple):
     @property
     def gamma(self):
         return 1.0 - 1.0 / self.cfg.horizon
-
-
-def _head_bins(name, head):
-    """The two-hot bins of a head config (`bins` over [-bin_max, bin_max] in symlog space), validated."""
-    if head.bins < 2 or not head.bin_max > 0:
-        raise ValueError(
-            f"{name}.bins must be >= 2 and {name}.bin_max > 0, got {head.bins} and {head.bin_max}"
-        )
-    return dists.twohot_bins(head.bins, -head.bin_max, head.bin_max)
 
 
 # ------------------------------------------------------------ the update as pure functions
@@ -227,20 +219,15 @@ class Agent:
         trim_after_compiles()
         self.place = Placement(cfg)
         self.train_devices, self.policy_device = self.place.train_devices, self.place.policy_device
-        self._policy_params = None  # (wm, actor) on the policy device, when not shared
-        self._since_sync = 0
+        self.acting = PolicyParams(self.place, cfg.jax.sync_every)
         self.discrete, self.act_dim = act_space.discrete, act_space.n
         self.dtype = DTYPES[resolve_precision(cfg.jax.precision)]
         self.fp16 = self.dtype == jnp.float16
-        # auto: the associative scan on accelerators, and with several processes, where the sequential
-        # scan's backward pass all-reduces two SSM gradients at every step (BENCHMARKS.md, "Several processes")
-        auto = jax.default_backend() != "cpu" or jax.process_count() > 1
-        parallel = {"auto": auto, "True": True, "False": False}
         a, c = cfg.actor, cfg.critic
 
         def networks(key):
             k_wm, k_actor, k_critic = jax.random.split(key, 3)
-            wm = WorldModel(cfg, obs_space, self.act_dim, parallel[str(cfg.ssm.parallel)], key=k_wm)
+            wm = WorldModel(cfg, obs_space, self.act_dim, scan_parallel(cfg.ssm.parallel), key=k_wm)
             fs = lambda inputs, name: feature_size(inputs, wm.rssm.feature_sizes(), name)
             out = self.act_dim * (1 if self.discrete else 2)
             actor = MLP(fs(a.inputs, "actor.inputs"), a.layers, a.units, out, key=k_actor)
@@ -253,8 +240,10 @@ class Agent:
         # hundreds of initialiser shapes would be compiled and kept as a program of its own
         wm, actor, critic = eqx.filter_jit(networks)(key)
         self.actor_in = feature_size(a.inputs, wm.rssm.feature_sizes(), "actor.inputs")
-        self.value_bins = _head_bins("critic", c)
-        self.reward_bins = _head_bins("reward_head", cfg.reward_head)
+        # two-hot bins: `bins` over [-bin_max, bin_max] in symlog space
+        self.value_bins = dists.twohot_bins(c.bins, -c.bin_max, c.bin_max)
+        r = cfg.reward_head
+        self.reward_bins = dists.twohot_bins(r.bins, -r.bin_max, r.bin_max)
         self.setup = Setup(
             cfg,
             self.dtype,
@@ -292,16 +281,10 @@ class Agent:
     def state(self, state):
         """Places `state` on the train devices and refreshes the policy's copy."""
         self._state = self.place.state(state)
-        self._sync_policy()
-
-    def _sync_policy(self):
-        """Copies the world model and actor to the policy device (a no-op when shared)."""
-        self._since_sync = 0
-        if not self.place.shared:
-            self._policy_params = self.place.policy_copy((self._state.wm, self._state.actor))
+        self.acting.set((self._state.wm, self._state.actor))
 
     def _acting_params(self):
-        return (self._state.wm, self._state.actor) if self.place.shared else self._policy_params
+        return self.acting.get((self._state.wm, self._state.actor))
 
     def init_policy_state(self, n):
         wm, _ = self._acting_params()
@@ -346,9 +329,7 @@ class Agent:
         """One update on a replay batch (dict of [B, T, ...] numpy arrays). Returns metrics (device)."""
         batch = self.place.batch({k: v for k, v in batch.items() if not k.startswith("log_")})
         self._state, metrics = self._train(self.place.replicate(key), self._state, batch)
-        self._since_sync += 1
-        if not self.place.shared and self._since_sync >= self.cfg.jax.sync_every:
-            self._sync_policy()
+        self.acting.updated((self._state.wm, self._state.actor))
         return metrics
 
     def _train_impl(self, key, state, batch):  # key first: state and batch are donated

@@ -99,6 +99,37 @@ def resolve_devices(cfg):
     return train, devices[policy_ids[0]]
 
 
+class PolicyParams:
+    """The (world model, actor) the policy acts with: the live ones when it shares the one train device
+    (`Placement.shared`), else a copy on the policy device, taken by `set` and every `every` updates."""
+
+    def __init__(self, place, every):
+        self.place, self.every, self.copy, self.since = place, every, None, 0
+
+    def set(self, live):
+        """A new state's (wm, actor): copied to the policy device (a no-op when shared)."""
+        self.since = 0
+        if not self.place.shared:
+            self.copy = self.place.policy_copy(live)
+
+    def updated(self, live):
+        """After each update: the copy is refreshed every `every` updates."""
+        self.since += 1
+        if not self.place.shared and self.since >= self.every:
+            self.set(live)
+
+    def get(self, live):
+        return live if self.place.shared else self.copy
+
+
+def scan_parallel(setting):
+    """`ssm.parallel` (auto | True | False) as a bool. auto: the associative scan on accelerators, and with
+    several processes, where the sequential scan's backward pass all-reduces two SSM gradients at every
+    step (BENCHMARKS.md, "Several processes")."""
+    auto = jax.default_backend() != "cpu" or jax.process_count() > 1
+    return {"auto": auto, "True": True, "False": False}[str(setting)]
+
+
 _copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))  # fresh buffers on the input's device
 
 

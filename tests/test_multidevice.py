@@ -45,8 +45,8 @@ SAME_STEP = textwrap.dedent("""
     for x, y in zip(leaves(one.state), leaves(two.state)):
         assert np.array_equal(np.asarray(x), np.asarray(y))
     # the policy's own copy of the world model and actor, on device 1
-    policy_before = [np.asarray(x) for x in leaves(two._policy_params)]
-    assert all(x.devices() == {dev1} for x in leaves(two._policy_params))
+    policy_before = [np.asarray(x) for x in leaves(two.acting.copy)]
+    assert all(x.devices() == {dev1} for x in leaves(two.acting.copy))
 
     batch = random_batch(cfg, env, one.act_dim)
     key = jax.random.PRNGKey(3)
@@ -62,11 +62,11 @@ SAME_STEP = textwrap.dedent("""
     assert int(two.state.updates) == 1
 
     # sync_every 2: after one update the policy still has the old copy, after two the new one
-    for x, y in zip(policy_before, leaves(two._policy_params)):
+    for x, y in zip(policy_before, leaves(two.acting.copy)):
         assert np.array_equal(x, np.asarray(y))
     two.train(random_batch(cfg, env, one.act_dim, seed=1), jax.random.PRNGKey(4))
     live = leaves((two.state.wm, two.state.actor))
-    for x, y in zip(live, leaves(two._policy_params)):
+    for x, y in zip(live, leaves(two.acting.copy)):
         assert y.devices() == {dev1} and np.array_equal(np.asarray(x), np.asarray(y))
     obs = {"vector": batch["vector"][:, 0], "is_first": np.ones(len(batch["vector"]), bool)}
     action, pstate = two.policy(obs, None, key)
@@ -84,7 +84,7 @@ SAME_STEP = textwrap.dedent("""
     for x, y in zip(saved, leaves(two.state)):
         assert y.sharding.is_fully_replicated and y.sharding.device_set == {dev0, dev1}
         assert np.array_equal(x, np.asarray(y))
-    for x, y in zip(leaves((two.state.wm, two.state.actor)), leaves(two._policy_params)):
+    for x, y in zip(leaves((two.state.wm, two.state.actor)), leaves(two.acting.copy)):
         assert y.devices() == {dev1} and np.array_equal(np.asarray(x), np.asarray(y))
     m3 = jax.device_get(two.train(dict(batch), key))
     assert all(np.isfinite(v) for v in m3.values()) and int(two.state.updates) == 3
