@@ -190,22 +190,6 @@ class AgentState(NamedTuple):
     updates: jax.Array  # [] number of updates done
 
 
-def earlier_checkpoints(like):
-    """Earlier layouts of the checkpointed tree {"agent": AgentState, "key": ...} as (like_then,
-    upgrade) pairs for `Checkpointer.load_latest(earlier=)`. Until 2026-12-04 the loss scales and
-    finite-step counts of the world model, actor and critic were two [3] arrays after `updates`."""
-    s = like["agent"]
-    opts = (s.wm_opt.inner, s.actor_opt.inner, s.critic_opt.inner)
-    then = (*s[:4], *opts, s.retnorm, s.updates, jnp.zeros(3, jnp.float32), jnp.zeros(3, jnp.int32))
-
-    def upgrade(tree):
-        *nets, wm_opt, actor_opt, critic_opt, retnorm, updates, scale, good = tree["agent"]
-        opts = [OptState(o, scale[i], good[i]) for i, o in enumerate((wm_opt, actor_opt, critic_opt))]
-        return dict(tree, agent=AgentState(*nets, *opts, retnorm, updates))
-
-    return [(dict(like, agent=then), upgrade)]
-
-
 class Agent:
     """Holds the static structure (config, optimisers, placement, jitted functions); state is a pytree.
 

@@ -44,8 +44,8 @@ def load_agent_state(agent, source):
     ConfigError with one line when there is none or it does not fit the agent's config."""
     import jax
 
-    from recall2imagine.agent import earlier_checkpoints
     from recall2imagine.checkpoint import COMMIT, Checkpointer, CheckpointError
+    from recall2imagine.trainer import earlier_checkpoints
 
     source = pathlib.Path(source).expanduser()
     like = {"agent": agent.state, "key": jax.random.PRNGKey(0)}

@@ -10,14 +10,16 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from recall2imagine import config as configlib
-from recall2imagine.agent import Agent, earlier_checkpoints
+from recall2imagine.agent import Agent, AgentState
 from recall2imagine.checkpoint import Checkpointer, CheckpointError, config_hash
 from recall2imagine.driver import Driver
 from recall2imagine.envs import env_options, make_env, memory_horizon, parse_task
 from recall2imagine.logger import Logger, NullLogger, Progress, check_outputs
+from recall2imagine.optim import OptState
 from recall2imagine.replay import make_replay
 from recall2imagine.report import openloop_report, write_episode_video
 from recall2imagine.util import warn
@@ -38,6 +40,22 @@ def random_policy(act_space, rng):
 # Updates are skipped when their gradients are not finite (optim.Optimizer.step), so the weights stay
 # those of the last finite update; this many skipped world-model updates in a row stop the run.
 MAX_BAD_UPDATES = 100
+
+
+def earlier_checkpoints(like):
+    """Earlier layouts of the checkpointed tree {"agent": AgentState, "key": ...} as (like_then,
+    upgrade) pairs for `Checkpointer.load_latest(earlier=)`. Until 2026-12-04 the loss scales and
+    finite-step counts of the world model, actor and critic were two [3] arrays after `updates`."""
+    s = like["agent"]
+    opts = (s.wm_opt.inner, s.actor_opt.inner, s.critic_opt.inner)
+    then = (*s[:4], *opts, s.retnorm, s.updates, jnp.zeros(3, jnp.float32), jnp.zeros(3, jnp.int32))
+
+    def upgrade(tree):
+        *nets, wm_opt, actor_opt, critic_opt, retnorm, updates, scale, good = tree["agent"]
+        opts = [OptState(o, scale[i], good[i]) for i, o in enumerate((wm_opt, actor_opt, critic_opt))]
+        return dict(tree, agent=AgentState(*nets, *opts, retnorm, updates))
+
+    return [(dict(like, agent=then), upgrade)]
 
 
 class DivergedError(ValueError):

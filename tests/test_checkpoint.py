@@ -270,7 +270,7 @@ def test_checkpoint_of_the_earlier_agent_layout_loads(tmp_path, agent):
     layout still raises."""
     from typing import NamedTuple
 
-    from recall2imagine.agent import earlier_checkpoints
+    from recall2imagine.trainer import earlier_checkpoints
 
     class OldAgentState(NamedTuple):  # the layout of AgentState until 2026-12-04, written out here
         wm: object
