@@ -1,11 +1,13 @@
 """The metrics of N agent updates from a fixed seed, to check that a refactoring changes no number.
 
-  python benchmarks/update_trace.py --updates 50 --out before.json --configs popgym popgym_cpu
-  (check out the other commit, or run from its worktree)
-  python benchmarks/update_trace.py --updates 50 --out after.json --configs popgym popgym_cpu
+  git worktree add /tmp/before <commit>
+  python benchmarks/update_trace.py --code /tmp/before --out before.json --configs popgym popgym_cpu
+  python benchmarks/update_trace.py --out after.json --configs popgym popgym_cpu
   python benchmarks/update_trace.py --compare before.json after.json
 
-Each update trains on the same random replay batch as `train_step.py` builds, shifted by the update's
+`--code` imports `recall2imagine` from another checkout (default: this one); it runs on the CPU and uses only
+`config.parse`, `envs.make_env`, `Agent(cfg, obs_space, act_space, key)` and `Agent.train(batch, key)`.
+Each update trains on one random replay batch of the task's spaces (seeded), shifted by the update's
 index along time (so every update sees other windows), with the key PRNGKey(update). Recorded: every
 scalar metric of every update and, after the last one, the sum of absolute values of the world model,
 actor, critic and slow critic parameters. `--compare` prints the largest relative difference per metric
@@ -17,13 +19,43 @@ import json
 import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def build(argv):
+    """(jax, agent, batch): the agent of config arguments `argv` on its task's spaces and a random
+    replay batch [B, T] of them (observations normal, actions one-hot, a few starts and terminals)."""
+    import jax
+    import numpy as np
+
+    from recall2imagine import config as configlib
+    from recall2imagine.agent import Agent
+    from recall2imagine.envs import make_env
+
+    cfg = configlib.parse(argv)
+    jax.config.update("jax_platforms", "cpu")
+    env = make_env(cfg.task, seed=0)
+    agent = Agent(cfg, env.obs_space, env.act_space, jax.random.PRNGKey(0))
+    rng, (B, T), A = np.random.default_rng(0), (cfg.batch_size, cfg.batch_length), agent.act_dim
+    obs = env.reset()
+    env.close()
+    batch = {
+        k: rng.normal(size=(B, T) + np.shape(v)).astype(np.float32)
+        for k, v in obs.items()
+        if not k.startswith(("is_", "log_")) and k != "reward"
+    }
+    batch.update(
+        reward=rng.normal(size=(B, T)).astype(np.float32),
+        is_first=rng.random((B, T)) < 0.01,
+        is_last=np.zeros((B, T), bool),
+        is_terminal=rng.random((B, T)) < 0.01,
+        action=np.eye(A, dtype=np.float32)[rng.integers(0, A, (B, T))],
+    )
+    return jax, agent, batch
 
 
 def trace(argv, updates):
-    from train_step import build
-
-    cfg, jax, agent, batch = build(argv)
+    jax, agent, batch = build(argv)
     import equinox as eqx
     import numpy as np
 
@@ -68,13 +100,19 @@ def main(argv=None):
     p.add_argument("--out", help="JSON file to write the trace to")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two traces instead")
     p.add_argument("--rtol", type=float, default=1e-5)
+    p.add_argument("--code", default=str(ROOT), help="checkout whose recall2imagine package to import")
     args, config = p.parse_known_args(argv)
     if args.compare:
         a, b = (json.loads(pathlib.Path(f).read_text()) for f in args.compare)
         return 0 if compare(a, b, args.rtol) else 1
     if not args.out:
         p.error("--out is required to record a trace")
+    sys.path.insert(0, str(pathlib.Path(args.code).resolve()))
+    import recall2imagine
+
+    print(f"recall2imagine from {pathlib.Path(recall2imagine.__file__).parent}")
     result = trace(config, args.updates)
+    result["code"] = str(pathlib.Path(recall2imagine.__file__).parent)
     pathlib.Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"{args.updates} updates of {' '.join(config)} -> {args.out}")
     return 0
