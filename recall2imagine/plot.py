@@ -50,7 +50,7 @@ def smooth(values, window):
     return (cums[idx] - cums[lo]) / (idx - lo)
 
 
-def plot(runs, labels, out, metric="episode/score", window=20, title=None, hline=None):
+def plot(runs, labels, out, metric="episode/score", window=20, title=None, hline=None, ylim=None):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,6 +74,8 @@ def plot(runs, labels, out, metric="episode/score", window=20, title=None, hline
             ax.fill_between(grid, ys.min(0), ys.max(0), alpha=0.2)
     if hline is not None:
         ax.axhline(hline, color="gray", ls="--", lw=1)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.set_xlabel("env steps")
     ax.set_ylabel(f"{metric} (mean of last {window})" if window > 1 else metric)
     if title:
@@ -96,12 +98,15 @@ def main(argv=None):
     p.add_argument("--window", type=int, default=20, help="trailing mean over this many points")
     p.add_argument("--title")
     p.add_argument("--hline", type=float, help="draw a reference line at this value")
+    p.add_argument("--ylim", type=float, nargs=2, metavar=("LO", "HI"), help="the y axis range")
     args = p.parse_args(argv)
+    if args.ylim and not args.ylim[0] < args.ylim[1]:
+        p.error(f"--ylim needs LO < HI, got {args.ylim[0]:g} {args.ylim[1]:g}")
     labels = args.labels or [pathlib.Path(r).name for r in args.runs]
     if len(labels) != len(args.runs):
         p.error(f"--labels needs one label per run ({len(args.runs)}), got {len(labels)}")
     try:
-        out = plot(args.runs, labels, args.out, args.metric, args.window, args.title, args.hline)
+        out = plot(args.runs, labels, args.out, args.metric, args.window, args.title, args.hline, args.ylim)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

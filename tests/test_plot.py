@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from recall2imagine import plot
 
 
@@ -56,3 +58,18 @@ def test_episode_metrics_come_from_scores_jsonl(tmp_path):
     assert len(steps) == 120 and set(values) == {-1.0}
     steps, values = plot.load_curve(run, "fps")  # other metrics still from metrics.jsonl
     assert len(steps) == 50 and set(values) == {3.0}
+
+
+def test_ylim_sets_the_axis_and_refuses_an_empty_range(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    _fake_run(tmp_path / "s0", 1.0)
+    seen = []
+    real = matplotlib.axes.Axes.set_ylim
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_ylim", lambda ax, *a, **k: seen.append(a) or real(ax, *a, **k))
+    out = tmp_path / "c.png"
+    assert plot.main([str(tmp_path / "s0"), "--out", str(out), "--ylim", "0.4", "0.7"]) == 0
+    assert seen and seen[0] == (0.4, 0.7) and out.exists()  # matplotlib may set it again internally
+    with pytest.raises(SystemExit) as e:
+        plot.main([str(tmp_path / "s0"), "--out", str(out), "--ylim", "1", "1"])
+    assert e.value.code == 2
