@@ -24,7 +24,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def build(argv):
     """(jax, agent, batch): the agent of config arguments `argv` on its task's spaces and a random
-    replay batch [B, T] of them (observations normal, actions one-hot, a few starts and terminals)."""
+    replay batch [B, T] of them (observations normal, actions one-hot, a few starts and terminals).
+    Like `train_step.build`, but written out here: old checkouts traced with --code lack that function."""
     import jax
     import numpy as np
 
