@@ -57,8 +57,9 @@ def imagination_starts(post, is_terminal, n, key):
     random when 0 < n < B*T) with their continue flags. Returns (start [N], start_cont [N])."""
     start = jax.tree.map(lambda x: sg(x.reshape((-1,) + x.shape[2:])), post)
     start_cont = 1.0 - is_terminal.reshape(-1).astype(jnp.float32)
-    if n_imagination_starts(n, start_cont.shape[0]) < start_cont.shape[0]:
-        idx = jax.random.permutation(key, start_cont.shape[0])[:n]
+    tokens = start_cont.shape[0]
+    if n_imagination_starts(n, tokens) < tokens:
+        idx = jax.random.permutation(key, tokens)[:n]
         start, start_cont = jax.tree.map(lambda x: x[idx], start), start_cont[idx]
     return start, start_cont
 

@@ -727,8 +727,9 @@ def _range_rule(key: str):
 
 
 def check_ranges(cfg: Config) -> None:
-    """Raises ConfigError naming the first key whose value is out of its range (RANGES) or breaks a
-    rule between keys; a value of any numeric key that is NaN or infinite is out of range too."""
+    """Raises ConfigError naming the first key whose value is out of its range (RANGES), not one of its
+    CHOICES, or breaks a rule between keys; a value of any numeric key that is NaN or infinite is out of
+    range too."""
     flat = cfg.flat()
     for key, value in flat.items():
         values = value if isinstance(value, tuple) else (value,)

@@ -27,7 +27,8 @@ class WorldModel(eqx.Module):
     def __init__(self, cfg, obs_space, act_dim, parallel, *, key):
         ks = jax.random.split(key, 5)
         self.encoder = Encoder(cfg, obs_space, key=ks[0])
-        self.rssm = {"ssm": RSSM, "gru": GRURSSM}[cfg.rssm.core](cfg, self.encoder.out_dim, act_dim, parallel, key=ks[1])
+        core = {"ssm": RSSM, "gru": GRURSSM}[cfg.rssm.core]
+        self.rssm = core(cfg, self.encoder.out_dim, act_dim, parallel, key=ks[1])
         fs = lambda inputs, name: feature_size(inputs, self.rssm.feature_sizes(), name)
         self.decoder = Decoder(cfg, obs_space, fs(cfg.decoder.inputs, "decoder.inputs"), key=ks[2])
         r, c = cfg.reward_head, cfg.cont_head
