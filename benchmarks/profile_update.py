@@ -54,7 +54,7 @@ PHASES = (
 
 def live_flops(closed):
     """`matmul_flops` of a ClosedJaxpr after dead-code elimination (as XLA would: e.g. the forward
-    products `jax.vjp` traces in `MLP.grads_from_saved` whose outputs are never used)."""
+    products `jax.vjp` traces in `actor_grad.grads_from_saved` whose outputs are never used)."""
     from jax._src.interpreters import partial_eval as pe
 
     jaxpr, _ = pe.dce_jaxpr(closed.jaxpr, [True] * len(closed.jaxpr.outvars))
@@ -119,6 +119,7 @@ def phase_functions(agent, jax):
     the arguments come from running the earlier phases once."""
     import equinox as eqx
 
+    from recall2imagine import actor_grad
     from recall2imagine import agent as agentlib
     from recall2imagine.world_model import world_model_loss
 
@@ -147,7 +148,7 @@ def phase_functions(agent, jax):
         return agentlib.imagination_starts(post, batch["is_terminal"], cfg.imag_starts, k_start)
 
     n_starts = agentlib.n_imagination_starts(cfg.imag_starts, cfg.batch_size * cfg.batch_length)
-    reuse = agent.discrete and agent._reuse_actor_vjp(n_starts)
+    reuse = agent.discrete and actor_grad.fits(cfg, n_starts, agent.actor_in, agent.dtype)
 
     def imagination(params, actor, start, start_cont, key):
         wm = jax.tree.map(sg, eqx.combine(params, wm_static))
@@ -159,7 +160,7 @@ def phase_functions(agent, jax):
         return step.params, step.state, step.aux
 
     def actor(params, opt_state, traj, saved, value, ret):
-        outs_of = agent._actor_outputs(actor_static, traj, saved)
+        outs_of = actor_grad.actor_outputs(actor_static, traj, saved, cfg.actor.inputs, agent.dtype)
         loss = lambda p: agentlib.actor_loss(outs_of(p), traj, value, ret, state.retnorm, setup)
         step = agent.actor_opt.step(loss, params, opt_state)
         return step.params, step.state, step.aux[0]
@@ -189,6 +190,8 @@ def run_length(spec):
     """One length: {phase: {ms, gflop, xla_gflop, mem_mb}} and the machine's matmul peak."""
     cfg, jax, agent, batch = build(spec["argv"])
     import equinox as eqx
+
+    from recall2imagine import agent as agentlib
 
     if not agent.discrete:
         raise SystemExit("profile_update.py profiles discrete-action tasks (REINFORCE actor) only")

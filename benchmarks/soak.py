@@ -336,7 +336,9 @@ def main():
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--faults', action='store_true', help='run the full-disk and corrupt-checkpoint cases')
     p.add_argument(
-        '--single', action='store_true', help='one segment of --minutes without kills: RSS sampled every minute'
+        '--single',
+        action='store_true',
+        help='one segment of --minutes without kills: RSS sampled every minute',
     )
     p.add_argument(
         '--tmpfs_mib',

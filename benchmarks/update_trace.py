@@ -67,7 +67,12 @@ def trace(argv, updates):
         metrics = jax.device_get(agent.train(shifted, jax.random.PRNGKey(i)))
         rows.append({k: float(v) for k, v in sorted(metrics.items()) if np.ndim(v) == 0})
     sums = {
-        name: float(sum(np.abs(np.asarray(x, np.float64)).sum() for x in jax.tree.leaves(eqx.filter(net, eqx.is_array))))
+        name: float(
+            sum(
+                np.abs(np.asarray(x, np.float64)).sum()
+                for x in jax.tree.leaves(eqx.filter(net, eqx.is_array))
+            )
+        )
         for name, net in zip(("wm", "actor", "critic", "slow_critic"), agent.state[:4])
     }
     return dict(argv=argv, updates=rows, param_abs_sums=sums)
@@ -91,7 +96,9 @@ def compare(a, b, rtol):
     for k, v in sorted(worst.items(), key=lambda kv: -kv[1]):
         print(f"{v:.2e}  {k}")
     ok = all(v <= rtol for v in worst.values())
-    print(f"{len(a['updates'])} updates, {len(worst)} quantities: {'all' if ok else 'NOT all'} within rtol {rtol:g}")
+    print(
+        f"{len(a['updates'])} updates, {len(worst)} quantities: {'all' if ok else 'NOT all'} within rtol {rtol:g}"
+    )
     return ok
 
 

@@ -17,7 +17,8 @@ import numpy as np
 from recall2imagine.devices import DTYPES, Placement, PolicyParams, resolve_precision
 from recall2imagine.devices import scan_parallel, trim_after_compiles
 from recall2imagine.nets import dists
-from recall2imagine.nets.layers import MLP, feature_size, features, replayed_outputs
+from recall2imagine import actor_grad
+from recall2imagine.nets.layers import MLP, feature_size, features
 from recall2imagine.optim import OptState, global_norm, optimizers, param_labels
 from recall2imagine.world_model import WorldModel, openloop, world_model_loss
 
@@ -70,27 +71,22 @@ def imagine(wm, actor, start, start_cont, key, setup, save=False):
     Returns (traj, saved). traj: latents [K+1, N], actions [K, N, A], outs (the actor's outputs)
     [K, N, O], reward [K, N] (r_1..r_K), cont and weight (discounted continuation) [K+1, N] with
     cont_0 = `start_cont`, feat: {tuple(inputs): features [K+1, N, F]} for the reward, continue and
-    critic inputs. saved: with `save`, what `MLP.call_saving` kept of each actor call, stacked over
-    K (the actor's gradient then needs no second forward pass, see `replayed_outputs`), else None.
+    critic inputs. saved: with `save`, the actor's hidden activations of each call
+    (`actor_grad.call_saving`) stacked over K, else None.
     """
     cfg, dtype = setup.cfg, setup.dtype
     heads = [tuple(h.inputs) for h in (cfg.reward_head, cfg.cont_head, cfg.critic)]
-    # a head with the actor's inputs: the actor's saved input is a slice of that head's features,
-    # not a second copy of them ([K, N, F], the largest saved array)
-    shared = save and tuple(cfg.actor.inputs) in heads
 
     def step(latent, key):
         k1, k2 = jax.random.split(key)
         feat = features(jax.tree.map(sg, latent), cfg.actor.inputs, dtype)
-        out, saved = actor.call_saving(feat) if save else (actor(feat), None)
+        out, saved = actor_grad.call_saving(actor, feat) if save else (actor(feat), None)
         action = setup.act.sample(out, k1)
-        return wm.rssm.img_step(latent, action, k2), (latent, action, out, saved[1:] if shared else saved)
+        return wm.rssm.img_step(latent, action, k2), (latent, action, out, saved)
 
     last, (latents, actions, outs, saved) = jax.lax.scan(step, start, jax.random.split(key, cfg.imag_horizon))
     latents = jax.tree.map(lambda xs, x: jnp.concatenate([xs, x[None]], 0), latents, last)
     feat = {inputs: features(latents, inputs, dtype) for inputs in dict.fromkeys(heads)}
-    if shared:
-        saved = [feat[tuple(cfg.actor.inputs)][:-1]] + saved
     f_rew, f_cont = feat[tuple(cfg.reward_head.inputs)][1:], feat[tuple(cfg.cont_head.inputs)][1:]
     reward = dists.twohot_mean(wm.reward(f_rew), setup.reward_bins)  # state 0's is never used
     cont = (wm.cont(f_cont)[..., 0] > 0).astype(jnp.float32)
@@ -329,10 +325,7 @@ class Agent:
             model_opt_loss_scale=step.state.scale,
             **self._grad_norms(step.grads),
         )
-        state = state._replace(
-            wm=eqx.combine(step.params, wm_static),
-            wm_opt=step.state,
-        )
+        state = state._replace(wm=eqx.combine(step.params, wm_static), wm_opt=step.state)
         start, start_cont = imagination_starts(post, batch["is_terminal"], self.cfg.imag_starts, k_start)
         state, ac_metrics = self._actor_critic(state, start, start_cont, k_imag)
         return self.place.whole((state._replace(updates=state.updates + 1), dict(metrics, **ac_metrics)))
@@ -346,10 +339,9 @@ class Agent:
         """Imagines from `start` [N], then one critic and one actor step (both from their old params).
 
         Discrete actions (REINFORCE): the rollout needs no gradient, so it runs once outside both
-        losses; with `actor_vjp_mb` room it keeps each actor layer's inputs, and the actor's gradient
-        is the backward pass from those (no second forward pass). Continuous actions: the actor's
-        loss backpropagates the returns through the imagined dynamics, so it contains the rollout,
-        and the critic learns on that rollout.
+        losses, and the actor's gradient may reuse its activations (`actor_grad`). Continuous
+        actions: the actor's loss backpropagates the returns through the imagined dynamics, so it
+        contains the rollout, and the critic learns on that rollout.
         """
         cfg, setup, wm = self.cfg, self.setup, jax.tree.map(sg, state.wm)
         actor_params, actor_static = eqx.partition(state.actor, eqx.is_array)
@@ -361,13 +353,13 @@ class Agent:
         )
         actor_step = lambda fn: self.actor_opt.step(fn, actor_params, state.actor_opt)
         if self.discrete:
-            reuse = self._reuse_actor_vjp(start_cont.shape[0])
+            reuse = actor_grad.fits(cfg, start_cont.shape[0], self.actor_in, self.dtype)
             traj, saved = imagine(
                 wm, jax.tree.map(sg, state.actor), start, start_cont, key, setup, save=reuse
             )
             c = critic_step(traj)
             value, ret = c.aux
-            outs_of = self._actor_outputs(actor_static, traj, saved)
+            outs_of = actor_grad.actor_outputs(actor_static, traj, saved, cfg.actor.inputs, self.dtype)
             a = actor_step(lambda p: actor_loss(outs_of(p), traj, value, ret, state.retnorm, setup))
         else:
 
@@ -404,20 +396,3 @@ class Agent:
             retnorm=retnorm,
         )
         return state, metrics
-
-    def _reuse_actor_vjp(self, n):
-        """Whether the rollout keeps the actor's activations for n imagination starts: they must fit
-        `actor_vjp_mb` (0 turns the reuse off and recomputes the actor's outputs)."""
-        a = self.cfg.actor
-        saved = self.cfg.imag_horizon * n * (self.actor_in + a.layers * a.units)
-        return saved * jnp.dtype(self.dtype).itemsize <= self.cfg.actor_vjp_mb * 2**20
-
-    def _actor_outputs(self, actor_static, traj, saved):
-        """params -> the actor's outputs [K, N, O] in the imagined states 0..K-1: replayed from the
-        rollout's `saved` activations, or (saved None) a second forward pass."""
-        if saved is not None:
-            replay = replayed_outputs(actor_static)
-            return lambda p: replay(p, saved, traj["outs"])
-        feat = traj["feat"].get(tuple(self.cfg.actor.inputs))
-        feat = features(traj["latents"], self.cfg.actor.inputs, self.dtype) if feat is None else feat
-        return lambda p: eqx.combine(p, actor_static)(feat[:-1])

@@ -21,6 +21,14 @@ def fmt_bytes(n: float) -> str:
     raise AssertionError
 
 
+def physical_memory() -> int | None:
+    """This machine's RAM in bytes, None where the OS does not say (Windows)."""
+    try:
+        return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def fsync_file(fd: int) -> None:
     """Flushes a file's data to disk (`fdatasync` where the OS has it, else `fsync`)."""
     getattr(os, 'fdatasync', os.fsync)(fd)

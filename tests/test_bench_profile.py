@@ -67,7 +67,9 @@ def test_official_bench_output_is_parsed_and_tabled(tmp_path):
     r = vs.official(bench, tmp_path, 64, 3, timeout=60)
     assert r == dict(update_s=2.5, first_s=200.5, rss_mb=1536.0)
     (bench / "bench.sh").write_text('echo "ImportError: no module named embodied" >&2; exit 1\n')
-    assert vs.official(bench, tmp_path, 64, 3, timeout=60) == dict(error="ImportError: no module named embodied")
+    assert vs.official(bench, tmp_path, 64, 3, timeout=60) == dict(
+        error="ImportError: no module named embodied"
+    )
     ours = [dict(update_s=1.0, first_s=20.0, rss_mb=1024.0), dict(update_s=1.5, first_s=21.0, rss_mb=2048.0)]
     text = vs.table({64: dict(official=[r, r], ours=ours)}, 4)
     row = text.splitlines()[2]

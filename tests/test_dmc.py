@@ -60,7 +60,9 @@ def test_unknown_dmc_task_is_one_line(tmp_path, capsys):
 
 def test_dmc_cartpole_balance_trains_through_the_continuous_actor(tmp_path):
     logdir = tmp_path / "run"
-    code = train.main(run_argv(logdir, "--configs dmc_proprio debug --task dmc:cartpole_balance --run.steps 300"))
+    code = train.main(
+        run_argv(logdir, "--configs dmc_proprio debug --task dmc:cartpole_balance --run.steps 300")
+    )
     assert code == 0
     rows = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
     actor = [r["train/actor_loss"] for r in rows if r.get("train/actor_loss") is not None]

@@ -34,7 +34,9 @@ def test_optimizer_skips_nonfinite_and_scales_loss():
     np.testing.assert_array_equal(step.params["w"], params["w"])  # skipped
     good_fn = lambda p: ((p["w"] ** 2).sum(), None)
     step = opt.step(good_fn, params, state._replace(good=jnp.int32(999)))
-    assert bool(step.finite) and float(step.state.scale) == 1e4 and int(step.state.good) == 0  # doubled, clipped
+    assert (
+        bool(step.finite) and float(step.state.scale) == 1e4 and int(step.state.good) == 0
+    )  # doubled, clipped
     np.testing.assert_allclose(step.grads["w"], 2.0)  # unscaled gradients
     np.testing.assert_allclose(step.params["w"], 0.8)
     assert float(step.loss) == 3.0

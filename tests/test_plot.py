@@ -66,7 +66,9 @@ def test_ylim_sets_the_axis_and_refuses_an_empty_range(tmp_path, monkeypatch):
     _fake_run(tmp_path / "s0", 1.0)
     seen = []
     real = matplotlib.axes.Axes.set_ylim
-    monkeypatch.setattr(matplotlib.axes.Axes, "set_ylim", lambda ax, *a, **k: seen.append(a) or real(ax, *a, **k))
+    monkeypatch.setattr(
+        matplotlib.axes.Axes, "set_ylim", lambda ax, *a, **k: seen.append(a) or real(ax, *a, **k)
+    )
     out = tmp_path / "c.png"
     assert plot.main([str(tmp_path / "s0"), "--out", str(out), "--ylim", "0.4", "0.7"]) == 0
     assert seen and seen[0] == (0.4, 0.7) and out.exists()  # matplotlib may set it again internally

@@ -145,3 +145,22 @@ def test_add_validation():
         replay.add({'x': np.zeros(2)}, [0, 0])
     with pytest.raises(KeyError):
         replay.add({'y': np.zeros(1)}, [0])
+
+
+def test_a_replay_larger_than_memory_is_one_clear_error(monkeypatch):
+    """An image replay whose capacity exceeds the machine's memory (e.g. the 1e7-step default with
+    64x64 images: 114 GiB) is refused with what to change, and nothing is half-allocated; one that
+    fits is allocated lazily and takes steps."""
+    from recall2imagine.replay import memory
+    from recall2imagine.replay.memory import ReplayError
+
+    monkeypatch.setattr(memory, 'physical_memory', lambda: 2**30)  # a 1 GiB machine
+    step = {'image': np.zeros((2, 64, 64, 3), np.uint8), 'reward': np.zeros(2, np.float32)}
+    big = MemoryReplay(200_000, 2)  # 200k x 12 KiB = 2.3 GiB
+    with pytest.raises(ReplayError, match=r'--replay_size N \(N <= 43,676 takes half') as e:
+        big.add(step, [0, 1])
+    assert '\n' not in str(e.value) and '--replay disk' in str(e.value)
+    assert big.data is None and len(big) == 0
+    small = MemoryReplay(40_000, 2)
+    small.add(step, [0, 1])
+    assert len(small) == 2

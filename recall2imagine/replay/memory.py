@@ -14,7 +14,7 @@ import pathlib
 
 import numpy as np
 
-from recall2imagine.util import atomic_write
+from recall2imagine.util import atomic_write, fmt_bytes, physical_memory
 
 
 def _npz_bytes(arrays: dict) -> bytes:
@@ -110,10 +110,26 @@ class MemoryReplay(WindowSampler):
     # Insertion.
 
     def _allocate(self, step: dict[str, np.ndarray]):
-        self.data = {}
-        for key, value in step.items():
-            value = np.asarray(value)
-            self.data[key] = np.zeros((self.num_workers, self.per_worker) + value.shape[1:], value.dtype)
+        """The rings, zeroed lazily by the OS (pages cost memory once written), refused up front
+        when the whole capacity would not fit in this machine's memory."""
+        step = {k: np.asarray(v) for k, v in step.items()}
+        per_step = sum(v.dtype.itemsize * int(np.prod(v.shape[1:])) for v in step.values())
+        needed, ram = per_step * self.num_workers * self.per_worker, physical_memory()
+        fits = f' (N <= {int(ram // 2 // per_step):,} takes half of its {fmt_bytes(ram)})' if ram else ''
+        message = (
+            f'the memory replay of {self.capacity:,} steps needs {fmt_bytes(needed)} ({fmt_bytes(per_step)} '
+            f"per step), more than this machine's memory; shrink it with --replay_size N{fits} or use "
+            '--replay disk'
+        )
+        if ram and needed > ram:
+            raise ReplayError(message)
+        try:
+            self.data = {
+                k: np.zeros((self.num_workers, self.per_worker) + v.shape[1:], v.dtype) for k, v in step.items()
+            }
+        except MemoryError:
+            self.data = None
+            raise ReplayError(message) from None
 
     def add(self, step: dict, workers) -> None:
         """Adds one step per worker: every ``step[key]`` has leading dim N."""
