@@ -125,7 +125,8 @@ class MemoryReplay(WindowSampler):
             raise ReplayError(message)
         try:
             self.data = {
-                k: np.zeros((self.num_workers, self.per_worker) + v.shape[1:], v.dtype) for k, v in step.items()
+                k: np.zeros((self.num_workers, self.per_worker) + v.shape[1:], v.dtype)
+                for k, v in step.items()
             }
         except MemoryError:
             self.data = None
