@@ -148,9 +148,7 @@ def evaluate(policy, episodes, seed=0, video=False):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(
-        prog="r2i-eval", description="Evaluate a trained agent: " + __doc__.split("\n")[0]
-    )
+    p = argparse.ArgumentParser(prog="r2i-eval", description=__doc__.split("\n")[0])
     p.add_argument("logdir", help="a training run's logdir (config.yaml + checkpoints)")
     p.add_argument("--episodes", type=int, default=10)
     mode = p.add_mutually_exclusive_group()
