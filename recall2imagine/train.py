@@ -20,6 +20,7 @@ if __package__ in (None, ""):  # `python recall2imagine/train.py`: make the pack
 import numpy as np
 
 from recall2imagine import config as configlib
+from recall2imagine.util import warn
 
 
 def setup_jax(cfg):
@@ -32,6 +33,17 @@ def setup_jax(cfg):
     if platform != "auto":
         jax.config.update("jax_platforms", {"gpu": "cuda"}.get(platform, platform))
     jax.config.update("jax_disable_jit", not cfg.jax.jit)  # --jax.jit False: op by op, for debugging
+    cache = compile_cache_dir(cfg.jax.compile_cache)
+    if cache is not None:
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            warn(f"--jax.compile_cache {cache}: {e.strerror or e}; compiling without a cache")
+        else:
+            # programs that took a second or more to compile; least recently used ones beyond 2 GiB go
+            jax.config.update("jax_compilation_cache_dir", str(cache))
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+            jax.config.update("jax_compilation_cache_max_size", 2 * 2**30)
     if cfg.jax.num_processes > 1:
         start_processes(cfg)
     try:
@@ -46,6 +58,17 @@ def setup_jax(cfg):
     # device ids exist, one policy device, batch_size divisible: fail before the envs start
     resolve_devices(cfg)
     return backend
+
+
+def compile_cache_dir(setting):
+    """`jax.compile_cache` as a folder, None when off: auto = $XDG_CACHE_HOME/recall2imagine/jax
+    (~/.cache/recall2imagine/jax without it)."""
+    if setting == "off":
+        return None
+    if setting == "auto":
+        base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+        return pathlib.Path(base) / "recall2imagine" / "jax"
+    return pathlib.Path(setting).expanduser()
 
 
 def start_processes(cfg):

@@ -113,6 +113,51 @@ def test_jax_jit_flag_switches_jit_off_and_on():
         jax.config.update("jax_disable_jit", False)
 
 
+def test_compile_cache_keeps_the_update_and_a_warm_run_computes_the_same(tmp_path):
+    """`--jax.compile_cache DIR`: a first run writes its compiled update there; a second run of the
+    same config (compiled programs read back instead of compiled) logs the same losses."""
+    cache = tmp_path / "cache"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    rows = []
+    for name in ("cold", "warm"):
+        flags = f"--configs popgym debug --run.steps 200 --run.loggers jsonl --jax.compile_cache {cache}"
+        out = subprocess.run(
+            [sys.executable, "-m", "recall2imagine.train", *run_argv(tmp_path / name, flags)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=env,
+            timeout=600,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        entries = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in cache.glob("jit__train_impl-*")}
+        if name == "cold":
+            assert any(n.endswith("-cache") for n in entries), list(cache.iterdir())
+            cold = entries
+        else:  # read back, not compiled and written again: the entry is the same, its access time newer
+            assert entries.keys() == cold.keys()
+            for n, (mtime, data) in entries.items():
+                assert (mtime == cold[n][0]) if n.endswith("-cache") else (data != cold[n][1]), n
+        rows.append([r for r in _read_metrics(tmp_path / name) if "train/model_loss" in r])
+    losses = lambda rs: [(r["step"], r["train/model_loss"], r["train/actor_loss"]) for r in rs]
+    assert rows[0] and losses(rows[0]) == losses(rows[1])
+
+
+def test_compile_cache_folder_that_cannot_be_made_warns_and_runs_without(tmp_path, capsys):
+    import jax
+    from recall2imagine import config as configlib
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    before = jax.config.jax_compilation_cache_dir
+    train.setup_jax(configlib.parse(["--configs", "debug", "--jax.compile_cache", str(blocker / "jax")]))
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: --jax.compile_cache {blocker / 'jax'}: ") and err.count("\n") == 1
+    assert "compiling without a cache" in err and jax.config.jax_compilation_cache_dir == before
+    assert train.compile_cache_dir("off") is None
+    assert train.compile_cache_dir("~/c") == train.pathlib.Path.home() / "c"
+
+
 def test_reward_outside_the_reward_heads_range_warns_once(tmp_path, capsys):
     """RepeatPreviousEasy's rewards are +-1/48; bins over symlog [-0.01, 0.01] cover |r| <= 0.01005."""
     code = train.main(
