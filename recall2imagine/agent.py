@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from recall2imagine import actor_grad
 from recall2imagine.devices import DTYPES, Placement, PolicyParams, resolve_precision
 from recall2imagine.devices import scan_parallel, trim_after_compiles
 from recall2imagine.nets import dists
-from recall2imagine import actor_grad
 from recall2imagine.nets.layers import MLP, feature_size, features
 from recall2imagine.optim import OptState, global_norm, optimizers, param_labels
 from recall2imagine.world_model import WorldModel, openloop, world_model_loss
@@ -71,7 +71,7 @@ def imagine(wm, actor, start, start_cont, key, setup, save=False):
     Returns (traj, saved). traj: latents [K+1, N], actions [K, N, A], outs (the actor's outputs)
     [K, N, O], reward [K, N] (r_1..r_K), cont and weight (discounted continuation) [K+1, N] with
     cont_0 = `start_cont`, feat: {tuple(inputs): features [K+1, N, F]} for the reward, continue and
-    critic inputs. saved: with `save`, the actor's hidden activations of each call
+    critic inputs. saved: with `save`, the actor's pre-norm hidden activations of each call
     (`actor_grad.call_saving`) stacked over K, else None.
     """
     cfg, dtype = setup.cfg, setup.dtype
