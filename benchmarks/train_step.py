@@ -48,6 +48,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "benchmarks"))  # random_batch beside this script, also when loaded by path
+
+from random_batch import rewards_flags_actions, vector_obs  # noqa: E402
 from recall2imagine import config as configlib  # noqa: E402  (light: no JAX import)
 
 FULL_LENGTHS = [64, 128, 256, 512, 1024, 2048, 4096]
@@ -252,21 +255,9 @@ def build(argv, obs_kind="vector"):
 
         env = make_env(cfg.task, seed=0)
         agent = Agent(cfg, env.obs_space, env.act_space, jax.random.PRNGKey(0))
-        obs = env.reset()
-        batch = {
-            k: rng.normal(size=(B, T) + np.shape(v)).astype(np.float32)
-            for k, v in obs.items()
-            if not k.startswith("is_") and not k.startswith("log_") and k != "reward"
-        }
+        batch = vector_obs(rng, env.reset(), B, T)
         env.close()
-    A = agent.act_dim
-    batch.update(
-        reward=rng.normal(size=(B, T)).astype(np.float32),
-        is_first=rng.random((B, T)) < 0.01,
-        is_last=np.zeros((B, T), bool),
-        is_terminal=rng.random((B, T)) < 0.01,
-        action=np.eye(A, dtype=np.float32)[rng.integers(0, A, (B, T))],
-    )
+    batch.update(rewards_flags_actions(rng, B, T, agent.act_dim))
     batch["is_first"][:, 0] = True
     return cfg, jax, agent, batch
 

@@ -20,12 +20,16 @@ import pathlib
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))  # random_batch beside this script (numpy only)
+
+from random_batch import rewards_flags_actions, vector_obs  # noqa: E402
 
 
 def build(argv):
     """(jax, agent, batch): the agent of config arguments `argv` on its task's spaces and a random
     replay batch [B, T] of them (observations normal, actions one-hot, a few starts and terminals).
-    Like `train_step.build`, but written out here: old checkouts traced with --code lack that function."""
+    The agent is built here rather than by `train_step.build`, which old checkouts traced with --code lack;
+    the batch is `random_batch`'s, as train_step.py's."""
     import jax
     import numpy as np
 
@@ -37,21 +41,10 @@ def build(argv):
     jax.config.update("jax_platforms", "cpu")
     env = make_env(cfg.task, seed=0)
     agent = Agent(cfg, env.obs_space, env.act_space, jax.random.PRNGKey(0))
-    rng, (B, T), A = np.random.default_rng(0), (cfg.batch_size, cfg.batch_length), agent.act_dim
-    obs = env.reset()
+    rng, (B, T) = np.random.default_rng(0), (cfg.batch_size, cfg.batch_length)
+    batch = vector_obs(rng, env.reset(), B, T)
     env.close()
-    batch = {
-        k: rng.normal(size=(B, T) + np.shape(v)).astype(np.float32)
-        for k, v in obs.items()
-        if not k.startswith(("is_", "log_")) and k != "reward"
-    }
-    batch.update(
-        reward=rng.normal(size=(B, T)).astype(np.float32),
-        is_first=rng.random((B, T)) < 0.01,
-        is_last=np.zeros((B, T), bool),
-        is_terminal=rng.random((B, T)) < 0.01,
-        action=np.eye(A, dtype=np.float32)[rng.integers(0, A, (B, T))],
-    )
+    batch.update(rewards_flags_actions(rng, B, T, agent.act_dim))
     return jax, agent, batch
 
 
