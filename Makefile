@@ -11,8 +11,9 @@ PY := $(VENV)/bin/python
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev/null)
 INSTALL_STAMP := $(VENV)/.r2i-installed
 APT_FAILED_STAMP := $(VENV)/.r2i-apt-failed
-# Headless rendering (EGL / OSMesa / GLFW) for Memory Maze.
-APT_PACKAGES := libegl1 libgl1 libosmesa6 libglfw3 libgl1-mesa-dri
+# Headless rendering (EGL / OSMesa / GLFW) for Memory Maze; TCMalloc, with which CPU updates run
+# 10-12% faster (recall2imagine/allocator.py).
+APT_PACKAGES := libegl1 libgl1 libosmesa6 libglfw3 libgl1-mesa-dri libtcmalloc-minimal4
 
 TRAIN_ARGS ?= --configs popgym popgym_cpu --task gym_popgym:popgym-RepeatPreviousEasy-v0 --run.steps 20000
 ARGS ?=
@@ -43,7 +44,7 @@ python-deps:
 system-deps:
 	@missing=""; \
 	if ! command -v dpkg-query >/dev/null 2>&1; then \
-	  echo "note: not a Debian system; make sure $(APT_PACKAGES) (or equivalents) are installed to render Memory Maze"; exit 0; \
+	  echo "note: not a Debian system; make sure $(APT_PACKAGES) (or equivalents) are installed (Memory Maze rendering, TCMalloc)"; exit 0; \
 	fi; \
 	for p in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
@@ -52,10 +53,10 @@ system-deps:
 	if [ -f "$(APT_FAILED_STAMP)" ]; then \
 	  echo "warning: missing$$missing (apt-get failed before; delete $(APT_FAILED_STAMP) to retry)"; exit 0; \
 	fi; \
-	if ! command -v apt-get >/dev/null 2>&1; then echo "warning: missing$$missing and no apt-get; Memory Maze rendering may fail"; exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then echo "warning: missing$$missing and no apt-get; Memory Maze rendering may fail and updates run on glibc malloc"; exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then sudo=""; \
 	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; \
-	else echo "warning: missing$$missing; run: sudo apt-get install$$missing (needed only to render Memory Maze)"; exit 0; fi; \
+	else echo "warning: missing$$missing; run: sudo apt-get install$$missing (Memory Maze rendering, TCMalloc)"; exit 0; fi; \
 	echo "installing$$missing with apt-get"; \
 	if $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; then :; \
 	else echo "warning: apt-get could not install$$missing; Memory Maze rendering may fail"; mkdir -p "$(VENV)"; touch "$(APT_FAILED_STAMP)"; fi

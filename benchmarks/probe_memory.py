@@ -35,10 +35,41 @@ def task_lag(task):
     m = re.search(r"RepeatPrevious(Easy|Medium|Hard)", task)
     if not m:
         raise SystemExit(
-            f"{task} is not a POPGym RepeatPrevious task; "
-            "use gym_popgym:popgym-RepeatPrevious{Easy,Medium,Hard}-v0"
+            f"{task} is not a POPGym RepeatPrevious or Autoencode task; use "
+            "gym_popgym:popgym-RepeatPrevious{Easy,Medium,Hard}-v0 or gym_popgym:popgym-AutoencodeEasy-v0"
         )
     return TASK_LAGS[m.group(1)]
+
+
+def suit_back(obs, lag, act_dim):
+    """The suit `lag` observations before each one: [N, T] (-1 for the first `lag`), from obs
+    [N, T, C] whose last `act_dim` entries are the card's one-hot suit."""
+    suits = np.argmax(obs[..., -act_dim:], -1)
+    out = np.full(suits.shape, -1)
+    if lag < suits.shape[1]:
+        out[:, lag:] = suits[:, : suits.shape[1] - lag]
+    return out
+
+
+def answers(task, obs, act_dim):
+    """The rewarded action after each observation of whole episodes obs [N, T, C] (from their first
+    step) and how far back the card it names was shown: (target [N, T], -1 where no action is judged;
+    lag [N, T]). RepeatPrevious: the suit `task_lag` observations back. Autoencode: the cards are
+    recited in reverse once the mode bit (obs[..., 0], POPGym's PLAY) turns on at observation p, so the
+    action after observation t >= p names the card shown at 2p - t, 2 (t - p) observations back."""
+    if "Autoencode" not in task:
+        lag = task_lag(task)
+        return suit_back(obs, lag, act_dim), np.full(obs.shape[:2], lag)
+    suits = np.argmax(obs[..., -act_dim:], -1)
+    N, T = suits.shape
+    target, lag = np.full((N, T), -1), np.full((N, T), -1)
+    for n in range(N):
+        if not (obs[n, :, 0] > 0.5).any():
+            continue  # still watching
+        p = int(np.argmax(obs[n, :, 0] > 0.5))
+        t = np.arange(p, min(T, 2 * p + 1))
+        target[n, t], lag[n, t] = suits[n, 2 * p - t], 2 * (t - p)
+    return target, lag
 
 
 def load(run):
@@ -132,29 +163,30 @@ def random_posteriors(env, agent, episodes):
     return posteriors(agent, obs, actions), obs
 
 
-def probes(post, obs, lag):
-    """Linear probes: {feature: held-out accuracy of reading the suit `lag` observations back}."""
+def probes(post, target):
+    """Linear probes: {feature: held-out accuracy of reading target [N, T] (-1: skipped) from each
+    state}; least squares on the first half of the episodes, tested on the rest."""
     import jax.numpy as jnp
 
     from recall2imagine.nets.layers import features
 
-    target = np.argmax(obs, -1)[:, : obs.shape[1] - lag].reshape(-1)  # the suit `lag` observations back
+    keep, first = target >= 0, np.arange(len(target)) < len(target) // 2
+    fit, test = keep & first[:, None], keep & ~first[:, None]
+    Y = np.eye(target.max() + 1)[target[fit]]
     out = {}
     for name in ("hidden", "deter", "stoch"):
         if name not in post:
             continue
-        X = np.asarray(features(post, [name], jnp.float32))[:, lag:].reshape(len(target), -1)
-        X = np.concatenate([X, np.ones((len(X), 1))], 1)
-        Y, n = np.eye(obs.shape[-1])[target], len(X) // 2
-        W = np.linalg.solve(X[:n].T @ X[:n] + 1e-2 * np.eye(X.shape[1]), X[:n].T @ Y[:n])
-        out[name] = float(np.mean(np.argmax(X[n:] @ W, -1) == target[n:]))
+        X = np.asarray(features(post, [name], jnp.float32))
+        X = np.concatenate([X, np.ones((*X.shape[:2], 1))], -1)
+        W = np.linalg.solve(X[fit].T @ X[fit] + 1e-2 * np.eye(X.shape[-1]), X[fit].T @ Y)
+        out[name] = float(np.mean(np.argmax(X[test] @ W, -1) == target[test]))
     return out
 
 
-def imagined_rewards(agent, post, obs, lag):
-    """From each posterior state (steps lag..T-1 of the episodes), one imagined step with every action:
-    -> (start latents {k: [M, ...]}, predicted rewards [M, A], target [M]: the suit `lag` observations
-    back, i.e. the rewarded action)."""
+def imagined_rewards(agent, post, target):
+    """From each posterior state whose action is judged (target [N, T] >= 0), one imagined step with
+    every action: -> (start latents {k: [M, ...]}, predicted rewards [M, A], the rewarded action [M])."""
     import jax
     import jax.numpy as jnp
 
@@ -162,15 +194,15 @@ def imagined_rewards(agent, post, obs, lag):
     from recall2imagine.nets.layers import features
 
     wm, cfg = agent.state.wm, agent.cfg
-    start = {k: v[:, lag:].reshape(-1, *v.shape[2:]) for k, v in post.items()}  # [M, ...]
-    target = np.argmax(obs, -1)[:, : obs.shape[1] - lag].reshape(-1)
+    keep = target >= 0
+    start = {k: np.asarray(v)[keep] for k, v in post.items()}  # [M, ...]
     preds = []
     for a in range(agent.act_dim):
-        act = jnp.zeros((len(target), agent.act_dim)).at[:, a].set(1.0)
+        act = jnp.zeros((int(keep.sum()), agent.act_dim)).at[:, a].set(1.0)
         nxt = wm.rssm.img_step(start, act, jax.random.PRNGKey(a))
         logits = wm.reward(features(nxt, cfg.reward_head.inputs, jnp.float32))
         preds.append(np.asarray(dists.twohot_mean(logits, agent.reward_bins)))
-    return start, np.stack(preds, -1), target
+    return start, np.stack(preds, -1), target[keep]
 
 
 def reward_check(agent, start, preds, target):
@@ -228,7 +260,7 @@ def main(argv=None):
             + " ".join(f"L{lag}:{r:.2f}" for lag, r in wrong.items())
         )
     post, obs = random_posteriors(env, agent, args.probe_episodes)
-    start, preds, target = imagined_rewards(agent, post, obs, lag)
+    start, preds, target = imagined_rewards(agent, post, suit_back(obs, lag, agent.act_dim))
     wm_acc, actor_acc, r_right, r_wrong = reward_check(agent, start, preds, target)
     print(
         f"one imagined step from random-policy states: the reward head prefers the rewarded action "
@@ -239,7 +271,7 @@ def main(argv=None):
     for a in range(agent.act_dim):
         print(f"  a={a}: " + " ".join(f"{preds[target == b, a].mean():+.4f}" for b in range(agent.act_dim)))
     for probe_lag in [lag] + [extra for extra in args.lags if extra != lag]:
-        accs = probes(post, obs, probe_lag)
+        accs = probes(post, suit_back(obs, probe_lag, agent.act_dim))
         print(
             f"linear probe of the suit {probe_lag} observations back: "
             + ", ".join(f"{k} {v:.3f}" for k, v in accs.items())

@@ -263,6 +263,9 @@ def build(argv, obs_kind="vector"):
 
 
 def run_point(spec):
+    from recall2imagine import allocator
+
+    allocator.reexec(configlib.parse(spec["argv"]).jax.malloc)  # the allocator r2i-train runs with
     obs_kind = spec.get("obs", "vector")
     cfg, jax, agent, batch = build(spec["argv"], obs_kind)
     import equinox as eqx

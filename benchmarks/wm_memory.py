@@ -1,4 +1,4 @@
-"""How many updates a world model needs to learn a RepeatPrevious reward that needs memory.
+"""How many updates a world model needs to learn a POPGym reward that needs memory.
 
   python benchmarks/wm_memory.py --configs popgym cpu --rssm.hidden 64 --free_bits 2.0 \\
       [--task gym_popgym:popgym-RepeatPreviousMedium-v0] [--updates 12000] [--eval_every 500] [--seed 0]
@@ -7,7 +7,9 @@ World-model-only training on random-policy data, no actor or critic. On RepeatPr
 agent stays at chance until its reward head learns that the reward depends on the card `lag`
 observations back (3 for Easy, 31 for Medium, 63 for Hard), and that onset is set by the world
 model; imagination dominates a CPU update, so this finds the onset several times faster than a
-training run and compares settings on the same data.
+training run and compares settings on the same data. Autoencode (`--task
+gym_popgym:popgym-AutoencodeEasy-v0`) recites the 52 cards it was shown in reverse: the k-th answer
+names the card 2k observations back (`probe_memory.answers`), so the accuracy is also printed by lag.
 
 Collects `--data_episodes` random-policy episodes (a random policy is balanced: a quarter of the
 actions are rewarded) and trains the world model with the run's own loss and optimiser on
@@ -16,8 +18,8 @@ boundaries, as replayed windows do). Every `--eval_every` updates it prints the 
 and, on `--eval_episodes` other episodes played from a zero state, how often the reward head
 prefers the rewarded action after one imagined step with each action (`probe_memory.imagined_rewards`;
 chance 1/4), how well the reward predicted for action 0 alone separates the states where action 0 is
-rewarded from the others (ROC AUC; chance 0.5), and how well a linear probe reads the card `lag`
-observations back from the SSM state.
+rewarded from the others (ROC AUC; chance 0.5), and how well a linear probe reads the rewarded action
+(the card it names) from the SSM state.
 
 `--burn_in N` starts each window from the latent the current model reaches over the N steps before
 it (no gradient there) instead of from the initial latent: an idealised stored state (fresh, not the
@@ -68,6 +70,19 @@ def roc_auc(score, positive):
     return float((below + 0.5 * (not_above - below)).sum() / (len(pos) * len(neg)))
 
 
+def by_lag(right, lags, edges=(0, 10, 30, 60)):
+    """' (by lag 0-9 a, 10-29 b, ...)': accuracy of right [M] by lag [M] bucket, '' for one lag."""
+    if lags.min() == lags.max():
+        return ""
+    bounds = list(edges) + [lags.max() + 1]
+    parts = [
+        f"{lo}-{hi - 1} {np.mean(right[(lags >= lo) & (lags < hi)]):.2f}"
+        for lo, hi in zip(bounds, bounds[1:])
+        if ((lags >= lo) & (lags < hi)).any()
+    ]
+    return " (by lag " + ", ".join(parts) + ")"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--updates", type=int, default=12000)
@@ -83,7 +98,7 @@ def main(argv=None):
     import equinox as eqx
     import jax
     import jax.numpy as jnp
-    from probe_memory import imagined_rewards, posteriors, probes, random_episodes, task_lag
+    from probe_memory import answers, imagined_rewards, posteriors, probes, random_episodes
 
     from recall2imagine import config as configlib
     from recall2imagine.agent import Agent
@@ -92,7 +107,6 @@ def main(argv=None):
 
     cfg = configlib.parse(overrides)
     jax.config.update("jax_platforms", cfg.jax.platform if cfg.jax.platform != "auto" else "cpu")
-    lag = task_lag(cfg.task)
     env = make_env(cfg.task, seed=cfg.seed)
     agent = Agent(cfg, env.obs_space, env.act_space, jax.random.PRNGKey(cfg.seed))
     rng = np.random.default_rng(cfg.seed)
@@ -101,10 +115,12 @@ def main(argv=None):
     eval_obs, eval_act = random_episodes(
         make_env(cfg.task, seed=cfg.seed + 10_000), agent.act_dim, args.eval_episodes, seed=cfg.seed + 1
     )
+    target, lags = answers(cfg.task, eval_obs, agent.act_dim)
+    lag_range = f"lag {lags.max()}" if lags.min() == lags.max() else f"lags 0-{lags.max()}"
     n_rows, B, T = len(data["reward"]), cfg.batch_size, cfg.batch_length
     burn = f" after {args.burn_in} burn-in steps" if args.burn_in else ""
     print(
-        f"{cfg.task}: lag {lag}, {n_rows} steps of a policy playing action 0 with probability {args.bias:g}"
+        f"{cfg.task}: {lag_range}, {n_rows} steps of a policy playing action 0 with probability {args.bias:g}"
         f" + uniform ({time.time() - t0:.0f} s), updates of {B} x {T}{burn}; overrides: {' '.join(overrides)}",
         flush=True,
     )
@@ -151,9 +167,10 @@ def main(argv=None):
             n = args.eval_every if i % args.eval_every == 0 else i % args.eval_every
             agent.state = agent.state._replace(wm=wm, wm_opt=opt_state)
             post = posteriors(agent, eval_obs, eval_act)
-            _, preds, target = imagined_rewards(agent, post, eval_obs, lag)
-            acc, auc = float(np.mean(preds.argmax(-1) == target)), roc_auc(preds[:, 0], target == 0)
-            hidden = probes(post, eval_obs, lag).get("hidden", float("nan"))
+            _, preds, judged = imagined_rewards(agent, post, target)
+            right = preds.argmax(-1) == judged
+            acc, auc = float(np.mean(right)), roc_auc(preds[:, 0], judged == 0)
+            hidden = probes(post, target).get("hidden", float("nan"))
             if onset is None and acc >= 0.5:
                 onset = i
             if onset0 is None and auc >= 0.75:
@@ -161,8 +178,8 @@ def main(argv=None):
             print(
                 f"update {i:6d} ({time.time() - t0:5.0f} s) | "
                 + " ".join(f"{k} {v / n:.4f}" for k, v in sums.items())
-                + f" | reward head prefers the rewarded action {acc:.3f}, action-0 AUC {auc:.3f}"
-                f" | probe lag {lag} from hidden {hidden:.3f}",
+                + f" | reward head prefers the rewarded action {acc:.3f}{by_lag(right, lags[target >= 0])},"
+                f" action-0 AUC {auc:.3f} | answer probe from hidden {hidden:.3f}",
                 flush=True,
             )
             sums = {}

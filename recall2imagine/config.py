@@ -706,6 +706,7 @@ CHOICES = (
     ('replay', ('memory', 'disk', 'lfs')),
     ('jax.platform', ('auto', 'cpu', 'gpu')),
     ('jax.precision', ('auto', 'float32', 'bfloat16', 'float16')),
+    ('jax.malloc', ('auto', 'tcmalloc', 'system')),
     ('envs.parallel', ('none', 'process')),
     ('rssm.core', ('ssm', 'gru')),
     ('rssm.initial', ('learned', 'zeros')),

@@ -19,6 +19,7 @@ if __package__ in (None, ""):  # `python recall2imagine/train.py`: make the pack
 
 import numpy as np
 
+from recall2imagine import allocator
 from recall2imagine import config as configlib
 from recall2imagine.util import warn
 
@@ -165,7 +166,7 @@ def _stop_on_signal(signum, frame):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
+    entry, argv = argv is None, sys.argv[1:] if argv is None else argv
     previous = {}
     if threading.current_thread() is threading.main_thread():
         # Ctrl-C and SIGTERM (schedulers, `kill`) stop the run the same way: save a checkpoint and
@@ -175,6 +176,8 @@ def main(argv=None):
         previous = {sig: signal.signal(sig, _stop_on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         cfg = configlib.parse(argv)
+        if entry:  # the program itself (r2i-train, python -m ...), not a caller's main(argv)
+            allocator.reexec(cfg.jax.malloc)
         run(cfg)
     except (configlib.ConfigError, ValueError) as e:  # bad flag, unknown task, ...: one line, says what to do
         print(f"error: {e}", file=sys.stderr)

@@ -101,12 +101,16 @@ def window_warning(batch_length, horizon):
     return f"{start} {seen}; set --batch_length {2 * k} or more (and a smaller --batch_size to keep the cost)"
 
 
+# settings of this process that change neither what is learned nor how: no warning when they differ on resume
+PROCESS_KEYS = ("jax.process_id", "jax.compile_cache", "jax.malloc")
+
+
 def config_changes(old, new, limit=8) -> str:
     """' in KEY (OLD -> NEW), ...' for the keys whose values differ; '' when `old` is missing (older
     checkpoints hold only the config's hash)."""
     if not isinstance(old, dict):
         return ""
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in PROCESS_KEYS)
     if not keys:
         return ""
     shown = ", ".join(f"{k} ({old.get(k, '-')} -> {new.get(k, '-')})" for k in keys[:limit])
@@ -198,10 +202,10 @@ class Trainer:
         # fresh logdir resumes
         durable = getattr(self.replay, "lfs_dir", None)
         self.ckpt = Checkpointer((durable or logdir) / "checkpoints", keep=cfg.run.keep_checkpoints)
-        # the config without run.*, as meta.json holds it (tuples as lists); the same hash as before
+        # the config without run.* and the process's own settings, as meta.json holds it (tuples as lists)
         self.model_config = json.loads(
             json.dumps(
-                {k: v for k, v in cfg.flat().items() if not k.startswith("run.") and k != "jax.process_id"},
+                {k: v for k, v in cfg.flat().items() if not k.startswith("run.") and k not in PROCESS_KEYS},
                 default=str,
             )
         )
@@ -272,8 +276,8 @@ class Trainer:
             f"resumed from {self.ckpt.loaded} at step {self.counters['step']} ({len(self.replay)} replay steps)",
             flush=True,
         )
-        if meta.get("config_hash") != self.config_hash:
-            changes = config_changes(meta.get("config"), self.model_config)
+        changes = config_changes(meta.get("config"), self.model_config)
+        if meta.get("config_hash") != self.config_hash and (changes or not isinstance(meta.get("config"), dict)):
             warn(f"the config differs from the checkpoint's{changes}; continuing with the new one")
 
     def continue_from_durable_replay(self):

@@ -48,6 +48,32 @@ def test_stream_rows_follow_the_replay_layout():
         assert ((r[4:] > 0) == (s[:48] == 0)).all() and np.allclose(np.abs(r[4:]), 1 / 48)
 
 
+@pytest.mark.parametrize(
+    "task, lags",
+    [("RepeatPreviousEasy", {3}), ("RepeatPreviousMedium", {31}), ("AutoencodeEasy", set(range(0, 103, 2)))],
+)
+def test_answers_are_what_the_env_rewards(task, lags):
+    """Playing probe_memory.answers' target gets every judged step's positive reward, any other action
+    a negative one; and every rewarded step is a judged one."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    from probe_memory import answers
+
+    from recall2imagine.envs import make_env
+
+    env, rng, seen = make_env(f"gym_popgym:popgym-{task}-v0", seed=3), np.random.default_rng(0), set()
+    for _ in range(3):
+        obs, rows = env.reset(), []
+        while not obs["is_last"]:
+            rows.append(obs["vector"])
+            target, lag = answers(task, np.stack(rows)[None], 4)
+            t, lag_t = target[0, -1], lag[0, -1]
+            a = rng.integers(4) if t < 0 else (t if rng.random() < 0.5 else (t + rng.integers(1, 4)) % 4)
+            obs = env.step(np.eye(4, dtype=np.float32)[a])
+            assert (obs["reward"] == 0) == (t < 0) and (t < 0 or (obs["reward"] > 0) == (a == t))
+            seen.add(int(lag_t))
+    assert seen - {-1} == lags
+
+
 def test_tiny_run_reports_onset_line():
     out = subprocess.run(
         [
@@ -73,7 +99,7 @@ def test_tiny_run_reports_onset_line():
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     lines = [line for line in out.stdout.splitlines() if line.startswith("update")]
-    assert len(lines) == 2 and "action-0 AUC" in lines[-1] and "probe lag 3" in lines[-1]
+    assert len(lines) == 2 and "action-0 AUC" in lines[-1] and "answer probe from hidden" in lines[-1]
     assert "of 4 updates: reward-head accuracy >= 0.5 at" in out.stdout
 
 
@@ -86,4 +112,4 @@ def test_rejects_a_task_without_a_lag():
         text=True,
         timeout=120,
     )
-    assert out.returncode != 0 and "RepeatPrevious" in out.stderr
+    assert out.returncode != 0 and "RepeatPrevious or Autoencode" in out.stderr

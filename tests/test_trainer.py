@@ -33,3 +33,11 @@ def test_resume_with_a_changed_flag_names_it(tmp_path, capsys):
     assert train.main(argv[:-4] + ["--run.steps", "96", "--run.eval_eps", "0", "--actent", "0.01"]) == 0
     err = capsys.readouterr().err
     assert "the config differs from the checkpoint's in actent (0.0003 -> 0.01); continuing" in err, err
+
+
+def test_config_changes_leave_out_the_process_settings():
+    from recall2imagine.trainer import config_changes
+
+    old = {"actent": 3e-4, "jax.compile_cache": "auto", "jax.process_id": 0}
+    assert config_changes(old, {"actent": 3e-4, "jax.malloc": "auto", "jax.process_id": 1}) == ""
+    assert config_changes(old, {"actent": 1e-2, "jax.malloc": "system"}) == " in actent (0.0003 -> 0.01)"
