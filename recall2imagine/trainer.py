@@ -277,7 +277,9 @@ class Trainer:
             flush=True,
         )
         changes = config_changes(meta.get("config"), self.model_config)
-        if meta.get("config_hash") != self.config_hash and (changes or not isinstance(meta.get("config"), dict)):
+        if meta.get("config_hash") != self.config_hash and (
+            changes or not isinstance(meta.get("config"), dict)
+        ):
             warn(f"the config differs from the checkpoint's{changes}; continuing with the new one")
 
     def continue_from_durable_replay(self):
