@@ -18,7 +18,9 @@ import sys
 
 LIBRARY = "tcmalloc_minimal"  # gperftools' TCMalloc without the profiler
 MARK = "R2I_MALLOC_REEXEC"  # set in the re-executed process: never re-execute twice
-QUIET = {"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(2**40)}  # no line per allocation above 1 GiB
+# no line on stderr per allocation above 1 GiB; freed memory kept for the next update rather than handed
+# back by TCMalloc's background release (the agent hands it back after each compile: devices.py)
+SETTINGS = {"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(2**40), "TCMALLOC_RELEASE_RATE": "0"}
 
 
 class AllocatorError(ValueError):
@@ -55,7 +57,7 @@ def plan(choice, environ):
             )
         return None
     preload = " ".join(p for p in (lib, environ.get("LD_PRELOAD", "")) if p)
-    return {**QUIET, **environ, "LD_PRELOAD": preload, MARK: "1"}
+    return {**SETTINGS, **environ, "LD_PRELOAD": preload, MARK: "1"}
 
 
 def reexec(choice):

@@ -21,6 +21,7 @@ def test_plan_preloads_the_library_once(monkeypatch, not_loaded):
         env[allocator.MARK] == "1" and env["TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"] == "5"
     )  # the user's wins
     assert allocator.plan("auto", {})["TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"] == str(2**40)
+    assert allocator.plan("auto", {})["TCMALLOC_RELEASE_RATE"] == "0"
     assert allocator.plan("tcmalloc", {})["LD_PRELOAD"] == "libtcmalloc_minimal.so.4"
     assert allocator.plan("auto", env) is None  # the re-executed process goes on
     assert allocator.plan("system", {}) is None
@@ -50,7 +51,10 @@ def test_config_refuses_an_unknown_allocator():
 def test_reexec_loads_tcmalloc_and_keeps_the_command():
     """A real re-execution: the new process has TCMalloc mapped (read from /proc, not from the
     environment) and the same arguments; with `system` nothing changes."""
-    code = "import sys; from recall2imagine import allocator; allocator.reexec(sys.argv[1]); print(allocator.loaded(), sys.argv[1:])"
+    code = (
+        "import sys; from recall2imagine import allocator, devices; allocator.reexec(sys.argv[1]); "
+        "devices.release_free_memory()(); print(allocator.loaded(), sys.argv[1:])"
+    )
     env = {k: v for k, v in __import__("os").environ.items() if k not in ("LD_PRELOAD", allocator.MARK)}
     for choice, want in (("auto", "True"), ("system", "False")):
         out = subprocess.run(
