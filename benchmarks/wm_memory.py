@@ -70,17 +70,14 @@ def roc_auc(score, positive):
     return float((below + 0.5 * (not_above - below)).sum() / (len(pos) * len(neg)))
 
 
-def by_lag(right, lags, edges=(0, 10, 30, 60)):
-    """' (by lag 0-9 a, 10-29 b, ...)': accuracy of right [M] by lag [M] bucket, '' for one lag."""
+def by_lag(stat, lags, edges=(0, 10, 30, 60)):
+    """' (by lag 0-9 a, 10-29 b, ...)': stat(mask) over the states [M] of each lag bucket (lags [M]);
+    '' when all states share one lag."""
     if lags.min() == lags.max():
         return ""
     bounds = list(edges) + [lags.max() + 1]
-    parts = [
-        f"{lo}-{hi - 1} {np.mean(right[(lags >= lo) & (lags < hi)]):.2f}"
-        for lo, hi in zip(bounds, bounds[1:])
-        if ((lags >= lo) & (lags < hi)).any()
-    ]
-    return " (by lag " + ", ".join(parts) + ")"
+    masks = [(lo, hi, (lags >= lo) & (lags < hi)) for lo, hi in zip(bounds, bounds[1:])]
+    return " (by lag " + ", ".join(f"{lo}-{hi - 1} {stat(m):.2f}" for lo, hi, m in masks if m.any()) + ")"
 
 
 def main(argv=None):
@@ -168,8 +165,10 @@ def main(argv=None):
             agent.state = agent.state._replace(wm=wm, wm_opt=opt_state)
             post = posteriors(agent, eval_obs, eval_act)
             _, preds, judged = imagined_rewards(agent, post, target)
-            right = preds.argmax(-1) == judged
+            right, lag = preds.argmax(-1) == judged, lags[target >= 0]
             acc, auc = float(np.mean(right)), roc_auc(preds[:, 0], judged == 0)
+            acc_by_lag = by_lag(lambda m: np.mean(right[m]), lag)
+            auc_by_lag = by_lag(lambda m: roc_auc(preds[m, 0], judged[m] == 0), lag)
             hidden = probes(post, target).get("hidden", float("nan"))
             if onset is None and acc >= 0.5:
                 onset = i
@@ -178,8 +177,8 @@ def main(argv=None):
             print(
                 f"update {i:6d} ({time.time() - t0:5.0f} s) | "
                 + " ".join(f"{k} {v / n:.4f}" for k, v in sums.items())
-                + f" | reward head prefers the rewarded action {acc:.3f}{by_lag(right, lags[target >= 0])},"
-                f" action-0 AUC {auc:.3f} | answer probe from hidden {hidden:.3f}",
+                + f" | reward head prefers the rewarded action {acc:.3f}{acc_by_lag},"
+                f" action-0 AUC {auc:.3f}{auc_by_lag} | answer probe from hidden {hidden:.3f}",
                 flush=True,
             )
             sums = {}

@@ -113,3 +113,12 @@ def test_rejects_a_task_without_a_lag():
         timeout=120,
     )
     assert out.returncode != 0 and "RepeatPrevious or Autoencode" in out.stderr
+
+
+def test_by_lag_buckets():
+    mod = _module()
+    lags = np.array([0, 2, 10, 28, 30, 102])
+    right = np.array([1, 0, 1, 1, 0, 1], bool)
+    text = mod.by_lag(lambda m: np.mean(right[m]), lags)
+    assert text == " (by lag 0-9 0.50, 10-29 1.00, 30-59 0.00, 60-102 1.00)"
+    assert mod.by_lag(lambda m: 1.0, np.full(4, 3)) == ""
