@@ -12,7 +12,7 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev
 INSTALL_STAMP := $(VENV)/.r2i-installed
 APT_FAILED_STAMP := $(VENV)/.r2i-apt-failed
 # Headless rendering (EGL / OSMesa / GLFW) for Memory Maze; TCMalloc, with which CPU updates run
-# 10-12% faster (recall2imagine/allocator.py).
+# 16-20% faster (recall2imagine/allocator.py).
 APT_PACKAGES := libegl1 libgl1 libosmesa6 libglfw3 libgl1-mesa-dri libtcmalloc-minimal4
 
 TRAIN_ARGS ?= --configs popgym popgym_cpu --task gym_popgym:popgym-RepeatPreviousEasy-v0 --run.steps 20000

@@ -4,7 +4,7 @@ XLA's CPU runtime allocates an update's temporaries afresh on every call (2.9 GB
 4 x 1024, 0.2 GB at 4 x 64). glibc serves blocks that large from their own mmap and unmaps them when they
 are freed, so each update faults its temporaries back in, page by page, zeroed by the kernel; TCMalloc
 keeps the freed pages and hands them out again. Measured (BENCHMARKS.md, "Where an update's time and
-memory go"): updates 10-12% faster at 4 x 64 and 4 x 1024, the same peak memory, the small `popgym_cpu`
+memory go"): updates 16-20% faster at 4 x 64 and 4 x 1024, the same peak memory, the small `popgym_cpu`
 update unchanged. A library can replace malloc only from the start of a process, so `r2i-train`
 re-executes itself once with it in LD_PRELOAD (`--jax.malloc`: auto, tcmalloc or system).
 
