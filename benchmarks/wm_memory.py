@@ -9,7 +9,8 @@ observations back (3 for Easy, 31 for Medium, 63 for Hard), and that onset is se
 model; imagination dominates a CPU update, so this finds the onset several times faster than a
 training run and compares settings on the same data. Autoencode (`--task
 gym_popgym:popgym-AutoencodeEasy-v0`) recites the 52 cards it was shown in reverse: the k-th answer
-names the card 2k observations back (`probe_memory.answers`), so the accuracy is also printed by lag.
+(k = 1..52) names the card 2(k - 1) observations back (`probe_memory.answers`), so the accuracy and
+the AUC are also printed by lag.
 
 Collects `--data_episodes` random-policy episodes (a random policy is balanced: a quarter of the
 actions are rewarded) and trains the world model with the run's own loss and optimiser on
@@ -113,6 +114,7 @@ def main(argv=None):
         make_env(cfg.task, seed=cfg.seed + 10_000), agent.act_dim, args.eval_episodes, seed=cfg.seed + 1
     )
     target, lags = answers(cfg.task, eval_obs, agent.act_dim)
+    judged_lags = lags[target >= 0]  # [M], in imagined_rewards' order
     lag_range = f"lag {lags.max()}" if lags.min() == lags.max() else f"lags 0-{lags.max()}"
     n_rows, B, T = len(data["reward"]), cfg.batch_size, cfg.batch_length
     burn = f" after {args.burn_in} burn-in steps" if args.burn_in else ""
@@ -165,10 +167,10 @@ def main(argv=None):
             agent.state = agent.state._replace(wm=wm, wm_opt=opt_state)
             post = posteriors(agent, eval_obs, eval_act)
             _, preds, judged = imagined_rewards(agent, post, target)
-            right, lag = preds.argmax(-1) == judged, lags[target >= 0]
+            right = preds.argmax(-1) == judged
             acc, auc = float(np.mean(right)), roc_auc(preds[:, 0], judged == 0)
-            acc_by_lag = by_lag(lambda m: np.mean(right[m]), lag)
-            auc_by_lag = by_lag(lambda m: roc_auc(preds[m, 0], judged[m] == 0), lag)
+            acc_by_lag = by_lag(lambda m: np.mean(right[m]), judged_lags)
+            auc_by_lag = by_lag(lambda m: roc_auc(preds[m, 0], judged[m] == 0), judged_lags)
             hidden = probes(post, target).get("hidden", float("nan"))
             if onset is None and acc >= 0.5:
                 onset = i

@@ -276,11 +276,11 @@ class Trainer:
             f"resumed from {self.ckpt.loaded} at step {self.counters['step']} ({len(self.replay)} replay steps)",
             flush=True,
         )
-        changes = config_changes(meta.get("config"), self.model_config)
-        if meta.get("config_hash") != self.config_hash and (
-            changes or not isinstance(meta.get("config"), dict)
-        ):
-            warn(f"the config differs from the checkpoint's{changes}; continuing with the new one")
+        if meta.get("config_hash") != self.config_hash:
+            old = meta.get("config")
+            changes = config_changes(old, self.model_config)
+            if changes or not isinstance(old, dict):  # not when only process settings (PROCESS_KEYS) differ
+                warn(f"the config differs from the checkpoint's{changes}; continuing with the new one")
 
     def continue_from_durable_replay(self):
         """With the LFS replay, steps flushed to the durable tier after the checkpoint are in the replay:

@@ -1,5 +1,6 @@
 """recall2imagine/allocator.py: when r2i-train re-executes itself with TCMalloc, and that it loads."""
 
+import os
 import subprocess
 import sys
 
@@ -55,7 +56,7 @@ def test_reexec_loads_tcmalloc_and_keeps_the_command():
         "import sys; from recall2imagine import allocator, devices; allocator.reexec(sys.argv[1]); "
         "devices.release_free_memory()(); print(allocator.loaded(), sys.argv[1:])"
     )
-    env = {k: v for k, v in __import__("os").environ.items() if k not in ("LD_PRELOAD", allocator.MARK)}
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.MARK)}
     for choice, want in (("auto", "True"), ("system", "False")):
         out = subprocess.run(
             [sys.executable, "-c", code, choice, "x y"], capture_output=True, text=True, env=env, timeout=60
