@@ -13,6 +13,7 @@ import re
 import signal
 import sys
 import threading
+import warnings
 
 if __package__ in (None, ""):  # `python recall2imagine/train.py`: make the package importable
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
@@ -45,6 +46,7 @@ def setup_jax(cfg):
             jax.config.update("jax_compilation_cache_dir", str(cache))
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
             jax.config.update("jax_compilation_cache_max_size", 2 * 2**30)
+            one_line_cache_warnings(cache)
     if cfg.jax.num_processes > 1:
         start_processes(cfg)
     try:
@@ -70,6 +72,36 @@ def compile_cache_dir(setting):
         base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
         return pathlib.Path(base) / "recall2imagine" / "jax"
     return pathlib.Path(setting).expanduser()
+
+
+# how JAX words a failed read or write of its persistent compilation cache (jax/_src/compiler.py)
+CACHE_ERROR = re.compile(r"Error (reading|writing) persistent compilation cache entry for '[^']*': (.*)", re.S)
+
+
+def one_line_cache_warnings(cache):
+    """JAX reports each compile-cache entry it cannot read or write (a full disk, a folder made
+    read-only) as a two-line Python warning, program after program; a run shows one line per kind
+    instead, and goes on compiling what it cannot read. Installed once per process."""
+    show = warnings.showwarning
+    if getattr(show, "cache_warnings", None) is not None:
+        show.cache_warnings.update(cache=cache)
+        return
+    state = {"cache": cache, "shown": set()}
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        m = CACHE_ERROR.match(str(message))
+        if m is None:
+            return show(message, category, filename, lineno, file, line)
+        if m.group(1) not in state["shown"]:
+            state["shown"].add(m.group(1))
+            reason = " ".join(m.group(2).split())
+            warn(
+                f"--jax.compile_cache {state['cache']}: {m.group(1)} a compiled program failed ({reason}); "
+                "the run goes on (--jax.compile_cache off skips the cache)"
+            )
+
+    showwarning.cache_warnings = state
+    warnings.showwarning = showwarning
 
 
 def start_processes(cfg):

@@ -198,3 +198,30 @@ def test_non_finite_updates_in_a_row_stop_with_the_last_good_checkpoint(tmp_path
         err
     )
     assert not list((logdir / "checkpoints").glob("ckpt-*"))
+
+
+def test_compile_cache_write_errors_are_one_line(tmp_path):
+    """JAX's own warning for a cache entry it cannot write (here a full disk, raised where JAX writes
+    the entry), program after program, reaches the user as one line; other warnings pass unchanged."""
+    code = f"""
+import warnings, jax, jax.numpy as jnp
+from jax._src import compilation_cache
+from recall2imagine import config as configlib, train
+train.setup_jax(configlib.parse(['--configs', 'debug', '--jax.compile_cache', {str(tmp_path)!r}]))
+def full(*args, **kwargs):
+    raise OSError(28, 'No space left on device')
+compilation_cache.put_executable_and_time = full
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+for i in range(3):
+    jax.jit(lambda x: x * (i + 2.0) + 1.0)(jnp.ones(3 + i)).block_until_ready()
+warnings.warn('another warning')
+print('ran')
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ran", out.stderr
+    lines = [line for line in out.stderr.splitlines() if "compile_cache" in line or "compilation cache" in line]
+    assert lines == [
+        f"warning: --jax.compile_cache {tmp_path}: writing a compiled program failed "
+        "(OSError: [Errno 28] No space left on device); the run goes on (--jax.compile_cache off skips the cache)"
+    ], out.stderr
+    assert "UserWarning: another warning" in out.stderr
