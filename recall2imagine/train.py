@@ -75,7 +75,9 @@ def compile_cache_dir(setting):
 
 
 # how JAX words a failed read or write of its persistent compilation cache (jax/_src/compiler.py)
-CACHE_ERROR = re.compile(r"Error (reading|writing) persistent compilation cache entry for '[^']*': (.*)", re.S)
+CACHE_ERROR = re.compile(
+    r"Error (reading|writing) persistent compilation cache entry for '[^']*': (.*)", re.S
+)
 
 
 def one_line_cache_warnings(cache):

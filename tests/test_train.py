@@ -219,7 +219,9 @@ print('ran')
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ran", out.stderr
-    lines = [line for line in out.stderr.splitlines() if "compile_cache" in line or "compilation cache" in line]
+    lines = [
+        line for line in out.stderr.splitlines() if "compile_cache" in line or "compilation cache" in line
+    ]
     assert lines == [
         f"warning: --jax.compile_cache {tmp_path}: writing a compiled program failed "
         "(OSError: [Errno 28] No space left on device); the run goes on (--jax.compile_cache off skips the cache)"
