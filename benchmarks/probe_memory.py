@@ -2,12 +2,13 @@
 
   python benchmarks/probe_memory.py RUN_DIR [--episodes 30] [--probe_episodes 200] [--lags 0 1 2]
 
-RUN_DIR is a training logdir (config.yaml + checkpoints/) of a POPGym RepeatPrevious task, whose
-observation is the one-hot suit of the current card. Prints
-  * greedy and sampled scores, and the policy's accuracy by position in the episode;
-  * for the rewarded steps, how often the action equals the suit seen L steps back (L = 0..7 and
-    the task's lag +-1): the task's lag has ~100%; for the wrong actions, the rates at other lags
-    tell guesses (all ~25%) from confusions (one lag high);
+RUN_DIR is a training logdir (config.yaml + checkpoints/) of a POPGym RepeatPrevious or Autoencode
+task, whose observation ends with the one-hot suit of the current card. Prints
+  * greedy and sampled scores, the policy's accuracy by position in the episode (RepeatPrevious) or
+    over all answers (Autoencode), and how often it answers each suit;
+  * RepeatPrevious: for the rewarded steps, how often the action equals the suit seen L steps back
+    (L = 0..7 and the task's lag +-1): the task's lag has ~100%; for the wrong actions, the rates at
+    other lags tell guesses (all ~25%) from confusions (one lag high);
   * linear probes (least squares, half of `--probe_episodes` random-policy episodes held out) of that
     suit from the posterior latents' `hidden`, `deter` and `stoch` features;
   * on the same states, one imagined step with each action: how often the reward head prefers the
@@ -99,7 +100,7 @@ def play(env, agent, episodes, mode, key):
     for _ in range(episodes):
         obs, state, suits, score = env.reset(), None, [], 0.0
         while True:
-            suits.append(int(np.argmax(obs["vector"])))
+            suits.append(int(np.argmax(obs["vector"][-agent.act_dim :])))
             key, sub = jax.random.split(key)
             act, state = agent.policy({k: np.asarray(v)[None] for k, v in obs.items()}, state, sub, mode=mode)
             a = int(np.argmax(act[0]))
@@ -241,14 +242,22 @@ def main(argv=None):
 
     cfg, env, agent, step = load(args.run)
     print(f"{args.run}: {cfg.task}, checkpoint at step {step}")
-    key, lag = jax.random.PRNGKey(1), task_lag(cfg.task)
-    lags = sorted(set(LAGS) | {lag - 1, lag, lag + 1})
+    autoencode = "Autoencode" in cfg.task
+    key, lag = jax.random.PRNGKey(1), None if autoencode else task_lag(cfg.task)
     for mode in ("eval", "train"):
         scores, by_pos, steps, key = play(env, agent, args.episodes, mode, key)
-        acc = " ".join(f"{t}:{np.mean(v):.2f}" for t, v in sorted(by_pos.items()))
+        if autoencode:
+            acc = f"{np.mean([r > 0 for _, _, r in steps]):.3f} over all answers"
+        else:
+            acc = "by position " + " ".join(f"{t}:{np.mean(v):.2f}" for t, v in sorted(by_pos.items()))
+        shares = np.bincount([a for a, _, _ in steps], minlength=agent.act_dim) / max(1, len(steps))
         print(
-            f"{'greedy' if mode == 'eval' else 'sampled'}: score {np.mean(scores):.3f}, accuracy by position {acc}"
+            f"{'greedy' if mode == 'eval' else 'sampled'}: score {np.mean(scores):.3f}, accuracy {acc}; "
+            "answers by suit " + " ".join(f"{s:.2f}" for s in shares)
         )
+        if autoencode:
+            continue
+        lags = sorted(set(LAGS) | {lag - 1, lag, lag + 1})
         right, n_right = lag_rates(steps, True, lags)
         wrong, n_wrong = lag_rates(steps, False, lags)
         print(
@@ -260,7 +269,8 @@ def main(argv=None):
             + " ".join(f"L{lag}:{r:.2f}" for lag, r in wrong.items())
         )
     post, obs = random_posteriors(env, agent, args.probe_episodes)
-    start, preds, target = imagined_rewards(agent, post, suit_back(obs, lag, agent.act_dim))
+    answer = answers(cfg.task, obs, agent.act_dim)[0]
+    start, preds, target = imagined_rewards(agent, post, answer)
     wm_acc, actor_acc, r_right, r_wrong = reward_check(agent, start, preds, target)
     print(
         f"one imagined step from random-policy states: the reward head prefers the rewarded action "
@@ -270,7 +280,14 @@ def main(argv=None):
     print("mean predicted reward for action a (rows) when action b is the rewarded one (columns):")
     for a in range(agent.act_dim):
         print(f"  a={a}: " + " ".join(f"{preds[target == b, a].mean():+.4f}" for b in range(agent.act_dim)))
-    for probe_lag in [lag] + [extra for extra in args.lags if extra != lag]:
+    if autoencode:
+        accs = probes(post, answer)
+        print(
+            "linear probe of the rewarded answer: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in accs.items())
+            + f" (chance {1 / agent.act_dim:.2f})"
+        )
+    for probe_lag in ([] if autoencode else [lag]) + [extra for extra in args.lags if extra != lag]:
         accs = probes(post, suit_back(obs, probe_lag, agent.act_dim))
         print(
             f"linear probe of the suit {probe_lag} observations back: "

@@ -122,3 +122,32 @@ def test_by_lag_buckets():
     text = mod.by_lag(lambda m: np.mean(right[m]), lags)
     assert text == " (by lag 0-9 0.50, 10-29 1.00, 30-59 0.00, 60-102 1.00)"
     assert mod.by_lag(lambda m: 1.0, np.full(4, 3)) == ""
+
+
+@pytest.mark.parametrize(
+    "task", [pytest.param("RepeatPreviousEasy", marks=pytest.mark.slow), "AutoencodeEasy"]
+)
+def test_probe_memory_runs_on_a_trained_run(tmp_path, task):
+    """benchmarks/probe_memory.py on a tiny run's checkpoint: both task kinds print their scores,
+    how often each suit is answered (shares summing to 1) and the reward head's check."""
+    from helpers import run_argv
+
+    from recall2imagine import train
+
+    flags = f"--configs popgym debug --task gym_popgym:popgym-{task}-v0 --run.steps 300 --run.loggers jsonl"
+    assert train.main(run_argv(tmp_path / "run", flags)) == 0
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "probe_memory.py"), str(tmp_path / "run")]
+        + ["--episodes", "2", "--probe_episodes", "6"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    for mode in ("greedy", "sampled"):
+        (line,) = [line for line in lines if line.startswith(f"{mode}: score")]
+        shares = [float(s) for s in line.split("answers by suit ")[1].split()]
+        assert len(shares) == 4 and sum(shares) == pytest.approx(1.0, abs=0.02)
+    assert any(line.startswith("one imagined step") for line in lines)
+    assert any(line.startswith("linear probe") for line in lines)
