@@ -47,6 +47,14 @@ _NAME = re.compile(r'^ckpt-(\d{12})$')
 _FORMAT = 1
 
 
+def run_checkpoints(logdir, cfg) -> pathlib.Path:
+    """Where a run keeps its checkpoints: <lfs_dir>/checkpoints with the LFS replay (the durable tier,
+    so that a restart with a fresh logdir resumes), else <logdir>/checkpoints."""
+    if cfg.lfs_dir:
+        return pathlib.Path(cfg.lfs_dir).expanduser() / "checkpoints"
+    return pathlib.Path(logdir).expanduser() / "checkpoints"
+
+
 class CheckpointError(OSError):
     """A checkpoint could not be written, or does not fit the current model."""
 

@@ -30,21 +30,13 @@ import numpy as np
 from recall2imagine import config as configlib
 
 
-def checkpoint_dir(logdir, cfg) -> pathlib.Path:
-    """Where a run keeps its checkpoints: <logdir>/checkpoints, or <lfs_dir>/checkpoints with LFS."""
-    local = pathlib.Path(logdir).expanduser() / "checkpoints"
-    if not local.is_dir() and cfg.lfs_dir:
-        return pathlib.Path(cfg.lfs_dir).expanduser() / "checkpoints"
-    return local
-
-
 def load_agent_state(agent, source):
     """(step, folder) after loading the agent of `source` into `agent` (weights and optimiser
     states): a run's logdir (its newest intact checkpoint) or one checkpoint folder. Raises
     ConfigError with one line when there is none or it does not fit the agent's config."""
     import jax
 
-    from recall2imagine.checkpoint import COMMIT, Checkpointer, CheckpointError
+    from recall2imagine.checkpoint import COMMIT, Checkpointer, CheckpointError, run_checkpoints
     from recall2imagine.trainer import earlier_checkpoints
 
     source = pathlib.Path(source).expanduser()
@@ -57,7 +49,7 @@ def load_agent_state(agent, source):
             cfg = (
                 configlib.Config.load(source / "config.yaml") if (source / "config.yaml").is_file() else None
             )
-            ckpt = Checkpointer(checkpoint_dir(source, cfg) if cfg is not None else source / "checkpoints")
+            ckpt = Checkpointer(run_checkpoints(source, cfg) if cfg is not None else source / "checkpoints")
             restored = ckpt.load_latest(like, earlier=earlier_checkpoints(like))
     except CheckpointError as e:
         raise configlib.ConfigError(str(e)) from None

@@ -15,7 +15,7 @@ import numpy as np
 
 from recall2imagine import config as configlib
 from recall2imagine.agent import Agent, AgentState
-from recall2imagine.checkpoint import Checkpointer, CheckpointError, config_hash
+from recall2imagine.checkpoint import Checkpointer, CheckpointError, config_hash, run_checkpoints
 from recall2imagine.driver import Driver
 from recall2imagine.envs import env_options, make_env, memory_horizon, parse_task
 from recall2imagine.logger import Logger, NullLogger, Progress, check_outputs
@@ -198,10 +198,7 @@ class Trainer:
         self.counters = dict(step=0, updates=0, owed=0.0)
         self.bad_updates, self.no_save = 0, False  # non-finite world-model updates in a row; see diverged()
         self.reward_limit = float(np.expm1(cfg.reward_head.bin_max))  # the reward head's largest |reward|
-        # with the LFS replay the checkpoints live in the durable tier too, so a restart with a
-        # fresh logdir resumes
-        durable = getattr(self.replay, "lfs_dir", None)
-        self.ckpt = Checkpointer((durable or logdir) / "checkpoints", keep=cfg.run.keep_checkpoints)
+        self.ckpt = Checkpointer(run_checkpoints(logdir, cfg), keep=cfg.run.keep_checkpoints)
         # the config without run.* and the process's own settings, as meta.json holds it (tuples as lists)
         self.model_config = json.loads(
             json.dumps(

@@ -300,6 +300,11 @@ def test_restart_on_a_new_logdir_finds_the_replay(tmp_path):
     rows = [json.loads(line) for line in open(tmp_path / 'L2' / 'metrics.jsonl')]
     assert rows[-1]['replay/size'] == 300
     assert (tmp_path / 'L2' / 'replay' / 'replay_index.json').exists()
+    # r2i-eval of the first logdir finds its checkpoints in lfs_dir, the newest one (the second run's)
+    from recall2imagine.evaluate import load_agent
+
+    assert not (tmp_path / 'L1' / 'checkpoints').exists()
+    assert load_agent(tmp_path / 'L1').step == 300
     # without any checkpoint the replay alone is rebuilt from the chunks
     shutil.rmtree(d1 / 'checkpoints')
     third = _train(tmp_path / 'L3', d1, 0, '--use_lfs', 'True')
