@@ -16,7 +16,7 @@ import numpy as np
 
 from recall2imagine import actor_grad
 from recall2imagine.devices import DTYPES, Placement, PolicyParams, resolve_precision
-from recall2imagine.devices import scan_parallel, trim_after_compiles
+from recall2imagine.devices import release_programs, scan_parallel, trim_after_compiles
 from recall2imagine.nets import dists
 from recall2imagine.nets.layers import MLP, feature_size, features
 from recall2imagine.optim import OptState, global_norm, optimizers, param_labels
@@ -219,7 +219,8 @@ class Agent:
 
         # the parameters and the optimiser states come from two XLA programs: op by op, each of the
         # hundreds of initialiser shapes would be compiled and kept as a program of its own
-        wm, actor, critic = eqx.filter_jit(networks)(key)
+        init_networks = eqx.filter_jit(networks)
+        wm, actor, critic = init_networks(key)
         self.actor_in = feature_size(a.inputs, wm.rssm.feature_sizes(), "actor.inputs")
         # two-hot bins: `bins` over [-bin_max, bin_max] in symlog space
         self.value_bins = dists.twohot_bins(c.bins, -c.bin_max, c.bin_max)
@@ -245,7 +246,11 @@ class Agent:
             retnorm=jnp.zeros(2, jnp.float32),
             updates=jnp.zeros((), jnp.int32),
         )
-        self.state = eqx.filter_jit(initial_state)(wm, actor, critic)  # the setter places it
+        init_state = eqx.filter_jit(initial_state)
+        self.state = init_state(wm, actor, critic)  # the setter places it
+        # both ran once: their compiled code (~50 MB at popgym_main) would otherwise sit under the
+        # update's compile and raise the process's peak memory (BENCHMARKS.md)
+        release_programs(init_networks, init_state)
         self._train = eqx.filter_jit(self._train_impl, donate="all-except-first")
         self._policy = eqx.filter_jit(self._policy_impl)
         self._openloop = eqx.filter_jit(

@@ -56,6 +56,14 @@ def trim_after_compiles(trim=None, min_seconds=5.0):
     return listener
 
 
+def release_programs(*jitted):
+    """Drops the compiled programs of `eqx.filter_jit` functions that will not run again (a later call
+    compiles anew). Equinox keeps a function's jitted form for as long as the process lives, even
+    once nothing refers to the function."""
+    for f in jitted:
+        f._cached.clear_cache()  # equinox's `jax.jit` of the function
+
+
 def resolve_precision(precision):
     """`jax.precision` as a DTYPES key: auto is float16 on accelerators and float32 on the CPU, where
     XLA has no fast float16 kernels (the full mmaze update ran > 20 min in float16 on 2 cores)."""

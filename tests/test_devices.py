@@ -29,3 +29,17 @@ def test_trim_after_compiles_runs_after_each_long_enough_compile(monkeypatch):
         if devices._trim_listener is not None:
             jax.monitoring.unregister_event_duration_listener(devices._trim_listener)
     assert devices.release_free_memory() is not None  # this test machine runs glibc
+
+
+def test_release_programs_drops_the_compiled_program_and_a_later_call_recompiles():
+    import equinox as eqx
+
+    from recall2imagine import devices
+
+    compiles = []
+    f = eqx.filter_jit(lambda x: (compiles.append(1), x * 2.0)[1])  # the append runs when it traces
+    assert float(f(jnp.ones(()))) == 2.0 and float(f(jnp.ones(()))) == 2.0 and len(compiles) == 1
+    assert f._cached._cache_size() == 1
+    devices.release_programs(f)
+    assert f._cached._cache_size() == 0
+    assert float(f(jnp.ones(()))) == 2.0 and f._cached._cache_size() == 1
