@@ -42,10 +42,15 @@ def task_lag(task):
     return TASK_LAGS[m.group(1)]
 
 
+def card_suits(obs, act_dim):
+    """The suit of each observation's card [...], from obs [..., C] whose last `act_dim` entries are
+    the card's one-hot suit (RepeatPrevious and Autoencode alike)."""
+    return np.argmax(obs[..., -act_dim:], -1)
+
+
 def suit_back(obs, lag, act_dim):
-    """The suit `lag` observations before each one: [N, T] (-1 for the first `lag`), from obs
-    [N, T, C] whose last `act_dim` entries are the card's one-hot suit."""
-    suits = np.argmax(obs[..., -act_dim:], -1)
+    """The suit `lag` observations before each one: [N, T] (-1 for the first `lag`), from obs [N, T, C]."""
+    suits = card_suits(obs, act_dim)
     out = np.full(suits.shape, -1)
     if lag < suits.shape[1]:
         out[:, lag:] = suits[:, : suits.shape[1] - lag]
@@ -61,7 +66,7 @@ def answers(task, obs, act_dim):
     if "Autoencode" not in task:
         lag = task_lag(task)
         return suit_back(obs, lag, act_dim), np.full(obs.shape[:2], lag)
-    suits = np.argmax(obs[..., -act_dim:], -1)
+    suits = card_suits(obs, act_dim)
     N, T = suits.shape
     target, lag = np.full((N, T), -1), np.full((N, T), -1)
     for n in range(N):
@@ -100,7 +105,7 @@ def play(env, agent, episodes, mode, key):
     for _ in range(episodes):
         obs, state, suits, score = env.reset(), None, [], 0.0
         while True:
-            suits.append(int(np.argmax(obs["vector"][-agent.act_dim :])))
+            suits.append(int(card_suits(obs["vector"], agent.act_dim)))
             key, sub = jax.random.split(key)
             act, state = agent.policy({k: np.asarray(v)[None] for k, v in obs.items()}, state, sub, mode=mode)
             a = int(np.argmax(act[0]))
