@@ -160,7 +160,7 @@ def phase_functions(agent, jax):
         return step.params, step.state, step.aux
 
     def actor(params, opt_state, traj, saved, value, ret):
-        outs_of = actor_grad.actor_outputs(actor_static, traj, saved, cfg.actor.inputs, agent.dtype)
+        outs_of = actor_grad.actor_outputs(actor_static, traj, saved, cfg.actor.inputs)
         loss = lambda p: agentlib.actor_loss(outs_of(p), traj, value, ret, state.retnorm, setup)
         step = agent.actor_opt.step(loss, params, opt_state)
         return step.params, step.state, step.aux[0]

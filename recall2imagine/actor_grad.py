@@ -12,7 +12,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from recall2imagine.nets.layers import features
 
 
 def fits(cfg, n, actor_in, dtype):
@@ -79,11 +78,11 @@ def replayed_outputs(static):
     return f
 
 
-def actor_outputs(actor_static, traj, pre, inputs, dtype):
-    """params -> the actor's outputs [K, N, O] in the imagined states 0..K-1 of `traj` (`imagine`):
-    replayed from the rollout's `pre` activations, or (pre None) a second forward pass."""
-    feat = traj["feat"].get(tuple(inputs))
-    x = (features(traj["latents"], inputs, dtype) if feat is None else feat)[:-1]
+def actor_outputs(actor_static, traj, pre, inputs):
+    """params -> the actor's outputs [K, N, O] in the imagined states 0..K-1 of `traj` (`imagine`,
+    whose features include the actor's inputs): replayed from the rollout's `pre` activations, or
+    (pre None) a second forward pass."""
+    x = traj["feat"][tuple(inputs)]
     if pre is not None:
         replay = replayed_outputs(actor_static)
         return lambda p: replay(p, x, pre, traj["outs"])

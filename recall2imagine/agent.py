@@ -68,33 +68,38 @@ def imagination_starts(post, is_terminal, n, key):
 def imagine(wm, actor, start, start_cont, key, setup, save=False):
     """Rolls the world model's prior K = `imag_horizon` steps from `start` [N] with the actor.
 
-    Returns (traj, saved). traj: latents [K+1, N], actions [K, N, A], outs (the actor's outputs)
-    [K, N, O], reward [K, N] (r_1..r_K), cont and weight (discounted continuation) [K+1, N] with
-    cont_0 = `start_cont`, feat: {tuple(inputs): features [K+1, N, F]} for the reward, continue and
-    critic inputs. saved: with `save`, the actor's pre-norm hidden activations of each call
-    (`actor_grad.call_saving`) stacked over K, else None.
+    Returns (traj, saved). traj: actions [K, N, A], outs (the actor's outputs) [K, N, O], reward
+    [K, N] (r_1..r_K), cont and weight (discounted continuation) [K+1, N] with cont_0 = `start_cont`,
+    feat: {tuple(inputs): features [K, N, F] of states 0..K-1} for the critic's and the actor's
+    inputs, last: the critic's features [N, F] of state K. saved: with `save`, the actor's pre-norm
+    hidden activations of each call (`actor_grad.call_saving`) stacked over K, else None.
+
+    Each step keeps only the features its readers take (the critic and actor those of state t, the
+    reward and continue heads those of state t+1), so no [K+1]-stacked latents or features are built
+    and sliced: that copying was a third of the update's temporaries (BENCHMARKS.md, session 19).
     """
     cfg, dtype = setup.cfg, setup.dtype
-    heads = [tuple(h.inputs) for h in (cfg.reward_head, cfg.cont_head, cfg.critic)]
+    now = list(dict.fromkeys([tuple(cfg.critic.inputs), tuple(cfg.actor.inputs)]))
 
     def step(latent, key):
         k1, k2 = jax.random.split(key)
-        feat = features(jax.tree.map(sg, latent), cfg.actor.inputs, dtype)
-        out, saved = actor_grad.call_saving(actor, feat) if save else (actor(feat), None)
+        feat = {inputs: features(latent, inputs, dtype) for inputs in now}
+        x = sg(feat[tuple(cfg.actor.inputs)])
+        out, saved = actor_grad.call_saving(actor, x) if save else (actor(x), None)
         action = setup.act.sample(out, k1)
-        return wm.rssm.img_step(latent, action, k2), (latent, action, out, saved)
+        latent = wm.rssm.img_step(latent, action, k2)
+        reward = dists.twohot_mean(
+            wm.reward(features(latent, cfg.reward_head.inputs, dtype)), setup.reward_bins
+        )
+        cont = (wm.cont(features(latent, cfg.cont_head.inputs, dtype))[..., 0] > 0).astype(jnp.float32)
+        return latent, (feat, reward, cont, action, out, saved)
 
-    last, (latents, actions, outs, saved) = jax.lax.scan(step, start, jax.random.split(key, cfg.imag_horizon))
-    latents = jax.tree.map(lambda xs, x: jnp.concatenate([xs, x[None]], 0), latents, last)
-    feat = {inputs: features(latents, inputs, dtype) for inputs in dict.fromkeys(heads)}
-    f_rew, f_cont = feat[tuple(cfg.reward_head.inputs)][1:], feat[tuple(cfg.cont_head.inputs)][1:]
-    reward = dists.twohot_mean(wm.reward(f_rew), setup.reward_bins)  # state 0's is never used
-    cont = (wm.cont(f_cont)[..., 0] > 0).astype(jnp.float32)
+    keys = jax.random.split(key, cfg.imag_horizon)
+    last, (feat, reward, cont, actions, outs, saved) = jax.lax.scan(step, start, keys)
     cont = jnp.concatenate([start_cont[None], cont], 0)  # [K+1, N]
     weight = sg(jnp.cumprod(setup.gamma * cont, 0) / setup.gamma)
-    traj = dict(
-        latents=latents, actions=actions, outs=outs, reward=reward, cont=cont, weight=weight, feat=feat
-    )
+    last = features(last, cfg.critic.inputs, dtype)
+    traj = dict(actions=actions, outs=outs, reward=reward, cont=cont, weight=weight, feat=feat, last=last)
     return traj, saved
 
 
@@ -121,7 +126,14 @@ def returns(traj, value, setup):
 
 def values(critic, traj, setup):
     """The critic's mean values [K+1, N] of the imagined states."""
-    return dists.twohot_mean(critic(traj["feat"][tuple(setup.cfg.critic.inputs)]), setup.value_bins)
+    return _values(critic(traj["feat"][tuple(setup.cfg.critic.inputs)]), critic, traj, setup)
+
+
+def _values(logits, critic, traj, setup):
+    """Mean values [K+1, N]: of states 0..K-1 from the critic's `logits` [K, N, bins] there, of
+    state K from its features `traj["last"]`."""
+    last = dists.twohot_mean(critic(traj["last"]), setup.value_bins)
+    return jnp.concatenate([dists.twohot_mean(logits, setup.value_bins), last[None]], 0)
 
 
 def actor_loss(outs, traj, value, ret, retnorm, setup):
@@ -155,13 +167,13 @@ def critic_loss(critic, slow_critic, traj, setup):
     of its own values, plus `slowreg` times that of the slow critic's values, weighted by the
     discounted continuation. Returns (loss, (values [K+1, N], returns [K, N]))."""
     cfg, bins = setup.cfg, setup.value_bins
-    feat = traj["feat"][tuple(cfg.critic.inputs)]
-    logits = critic(feat)  # [K+1, N, bins]
-    value = sg(dists.twohot_mean(logits, bins))
+    feat = traj["feat"][tuple(cfg.critic.inputs)]  # states 0..K-1
+    logits = critic(feat)  # [K, N, bins]
+    value = sg(_values(logits, critic, traj, setup))
     ret = sg(returns(traj, value, setup))
-    slow_mean = sg(dists.twohot_mean(slow_critic(feat[:-1]), bins))
-    loss = -dists.twohot_logprob(logits[:-1], ret, bins) - cfg.loss_scales.slowreg * dists.twohot_logprob(
-        logits[:-1], slow_mean, bins
+    slow_mean = sg(dists.twohot_mean(slow_critic(feat), bins))
+    loss = -dists.twohot_logprob(logits, ret, bins) - cfg.loss_scales.slowreg * dists.twohot_logprob(
+        logits, slow_mean, bins
     )
     return (traj["weight"][:-1] * loss).mean() * cfg.loss_scales.critic, (value, ret)
 
@@ -364,7 +376,7 @@ class Agent:
             )
             c = critic_step(traj)
             value, ret = c.aux
-            outs_of = actor_grad.actor_outputs(actor_static, traj, saved, cfg.actor.inputs, self.dtype)
+            outs_of = actor_grad.actor_outputs(actor_static, traj, saved, cfg.actor.inputs)
             a = actor_step(lambda p: actor_loss(outs_of(p), traj, value, ret, state.retnorm, setup))
         else:
 

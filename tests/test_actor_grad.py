@@ -35,25 +35,19 @@ def test_grads_from_saved_activations_match_autodiff(dout, dtype):
     _close(eqx.filter(got, eqx.is_array), jax.grad(loss)(params), 1e-5 if dtype == jnp.float32 else 2e-2)
 
 
-@pytest.mark.parametrize("in_traj_feat", [True, False])
-def test_actor_outputs_replayed_and_recomputed_give_the_same_loss_and_gradient(in_traj_feat):
+def test_actor_outputs_replayed_and_recomputed_give_the_same_loss_and_gradient():
     """`actor_outputs` with the rollout's activations and without them (a second forward pass):
-    the same outputs and the same parameter gradient of a loss on them, whether the actor's input
-    comes from the trajectory's features or is rebuilt from its latents."""
+    the same outputs and the same parameter gradient of a loss on them."""
     K, N, inputs = 4, 3, ("deter", "stoch")
-    latents = {
-        "deter": jax.random.normal(jax.random.PRNGKey(0), (K + 1, N, 6)),
-        "stoch": jax.random.normal(jax.random.PRNGKey(1), (K + 1, N, 2, 3)),
-    }
+    x = jax.random.normal(jax.random.PRNGKey(0), (K, N, 12))
     mlp = MLP(12, 2, 8, 5, key=jax.random.PRNGKey(2))
-    x = jnp.concatenate([latents["deter"], latents["stoch"].reshape(K + 1, N, 6)], -1)
-    outs, pre = actor_grad.call_saving(mlp, x[:-1])
-    traj = dict(latents=latents, outs=outs, feat={inputs: x} if in_traj_feat else {("deter",): x[..., :6]})
+    outs, pre = actor_grad.call_saving(mlp, x)
+    traj = dict(outs=outs, feat={inputs: x})
     params, static = eqx.partition(mlp, eqx.is_array)
     w = jax.random.normal(jax.random.PRNGKey(3), outs.shape)
     results = []
     for saved in (pre, None):
-        outs_of = actor_grad.actor_outputs(static, traj, saved, inputs, jnp.float32)
+        outs_of = actor_grad.actor_outputs(static, traj, saved, inputs)
         loss = lambda p: jnp.sum(jnp.tanh(outs_of(p)) * w)
         results.append(jax.value_and_grad(loss)(params))
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6)
