@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 
 
-
 def fits(cfg, n, actor_in, dtype):
     """Whether the activations of the rollout's actor calls from n starts fit `actor_vjp_mb` MiB
     (0 turns the reuse off: the actor's outputs are recomputed). actor_in: the actor's input width."""
