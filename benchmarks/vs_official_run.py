@@ -53,7 +53,6 @@ import json
 import math
 import os
 import pathlib
-import platform
 import re
 import shutil
 import signal
@@ -68,6 +67,9 @@ import time
 BASE_ENV = dict(os.environ)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from vs_official import commit, cpu_model  # noqa: E402  (the machine and commit lines, one place)
+
 TASK = "gym_popgym:popgym-RepeatPreviousEasy-v0"
 COMMON = ["--jax.platform", "cpu", "--jax.precision", "float32"]
 SHAPES = {
@@ -517,29 +519,6 @@ def result(run, seconds):
 
 
 # ------------------------------------------------------------------ output
-
-
-def cpu_model():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def commit():
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        )
-        dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True, text=True
-        )
-        return out.stdout.strip() + (" (uncommitted changes)" if dirty.stdout.strip() else "")
-    except OSError:
-        return "unknown"
 
 
 def _f(x, digits=1):
