@@ -6,9 +6,9 @@ each call takes (the memory it touches fresh or again).
 
 Builds the agent and a random replay batch as `update_trace.py` does, lowers and compiles the agent's
 update ahead of time, and calls the compiled program `--calls` times on the same batch. Prints seconds
-per stage and, per call, the process's minor page faults (4 KiB each). Runs under the allocator this
-process was started with: prefix `LD_PRELOAD=libtcmalloc_minimal.so.4` to time TCMalloc
-(recall2imagine/allocator.py; `r2i-train` does that itself). Flags it does not know are config overrides.
+per stage and, per call, the process's minor page faults (4 KiB each). Runs on the allocator `r2i-train`
+would (`--jax.malloc`: TCMalloc where installed, `system` for glibc's; recall2imagine/allocator.py). Flags it
+does not know are config overrides.
 """
 
 import argparse
@@ -27,6 +27,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--calls", type=int, default=3)
     args, overrides = p.parse_known_args(argv)
+    from recall2imagine import allocator, config as configlib
+
+    allocator.reexec(configlib.parse(overrides).jax.malloc)  # the allocator r2i-train runs with
     jax, agent, batch = build(overrides)
     key = agent.place.replicate(jax.random.PRNGKey(0))
     t0 = time.perf_counter()
@@ -34,6 +37,7 @@ def main(argv=None):
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
+    print(f"allocator {'TCMalloc' if allocator.loaded() else 'system'}")
     print(f"trace and lower {t1 - t0:.1f} s, XLA compile {t2 - t1:.1f} s", flush=True)
     state = agent.state
     for i in range(args.calls):

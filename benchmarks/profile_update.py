@@ -20,7 +20,7 @@ and, per phase: matmul GFLOP (dot and convolution products counted through the j
 their length; elementwise work is not counted), the achieved GFLOP/s, XLA's own cost-analysis FLOPs
 (which count a loop body once), and XLA's buffer assignment (arguments + outputs + temporaries - aliased
 = the phase's peak device memory). A matmul of --peak_size squared float32 matrices gives this
-machine's achievable GFLOP/s for scale. The sum of the phases differs from the full update by what
+machine's achievable GFLOP/s for scale. Each length runs on the allocator `r2i-train` would (`--jax.malloc`). The sum of the phases differs from the full update by what
 fusing them in one program saves or costs.
 """
 
@@ -188,6 +188,9 @@ def _xla_peak_mb(compiled):
 
 def run_length(spec):
     """One length: {phase: {ms, gflop, xla_gflop, mem_mb}} and the machine's matmul peak."""
+    from recall2imagine import allocator, config as configlib
+
+    allocator.reexec(configlib.parse(spec["argv"]).jax.malloc)  # the allocator r2i-train runs with
     cfg, jax, agent, batch = build(spec["argv"])
     import equinox as eqx
 
