@@ -7,6 +7,7 @@ Data flow of one update (paper, section 3 and appendix):
   -> critic and actor steps -> `slow_critic_update`. `Agent.train` composes them.
 """
 
+import warnings
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -329,6 +330,15 @@ class Agent:
         self._state, metrics = self._train(self.place.replicate(key), self._state, batch)
         self.acting.updated((self._state.wm, self._state.actor))
         return metrics
+
+    def lower_update(self, batch):
+        """The update traced and lowered for replay batches shaped like `batch` ({key: [B, T, ...]}
+        numpy), not compiled: `.compile()` it (e.g. in a thread while the replay fills) and a later
+        `train` on such batches finds the program compiled."""
+        batch = self.place.batch({k: v for k, v in batch.items() if not k.startswith("log_")})
+        with warnings.catch_warnings():  # the batch is donated, and no output has its shapes to reuse it
+            warnings.filterwarnings("ignore", "Some donated buffers were not usable")
+            return self._train.lower(self.place.replicate(jax.random.PRNGKey(0)), self._state, batch)
 
     def _train_impl(self, key, state, batch):  # key first: state and batch are donated
         k_wm, k_imag, k_start = jax.random.split(key, 3)

@@ -7,6 +7,7 @@ import collections
 import json
 import pathlib
 import sys
+import threading
 import time
 
 import jax
@@ -60,6 +61,15 @@ def earlier_checkpoints(like):
 
 class DivergedError(ValueError):
     """The world model's updates stayed non-finite; the message names the last good checkpoint."""
+
+
+def compile_quietly(lowered):
+    """Compiles a lowered program for a later call to find; an error is left to that call, which
+    compiles again and raises it where the run reports errors."""
+    try:
+        lowered.compile()
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def env_factory(cfg):
@@ -148,6 +158,7 @@ class Trainer:
         if message:
             warn(message)
         self.should_stop = should_stop
+        self.ahead = None  # the thread compiling the update during the prefill (`prefill_step`)
 
         # bsuite's own CSV log (from the first env) lets bsuite's analysis code score the run
         bsuite_dir = str(logdir / "bsuite") if parse_task(cfg.task)[0] == "bsuite" else None
@@ -348,11 +359,36 @@ class Trainer:
         self.logger.add({"episode/score": ep["score"], "episode/length": ep["length"]})
         self.logger.episode(self.counters["step"], ep["score"], ep["length"])
 
+    def prefill_step(self, tran, workers):
+        """A random-policy step of the prefill. The first one lowers the update for a batch of its keys,
+        dtypes and shapes (`Agent.lower_update`) and compiles it in a thread, so that the compile (10-30
+        s on 2 CPU cores) overlaps the rest of the prefill instead of following it. One process only:
+        with several, the update is a collective program they compile together."""
+        if self.ahead is None and self.processes == 1 and self.counters["updates"] == 0:
+            B, T = self.cfg.batch_size, self.cfg.batch_length
+            batch = {
+                k: np.broadcast_to(np.asarray(v)[0], (B, T) + np.shape(v)[1:]).copy() for k, v in tran.items()
+            }
+            self.ahead = threading.Thread(
+                target=compile_quietly, args=(self.agent.lower_update(batch),), daemon=True
+            )
+            self.ahead.start()
+        self.on_step(tran, workers)
+
+    def join_ahead(self):
+        """Waits for `prefill_step`'s compile, so that the first update uses it rather than compiling
+        the same program a second time."""
+        if self.ahead is not None:
+            self.ahead.join()
+            self.ahead = None
+
     def train_on_step(self, tran, workers):
         """Store the step, then owe `train_ratio / (B T)` updates per env step and pay them."""
         cfg, counters = self.cfg, self.counters
         self.on_step(tran, workers)
         counters["owed"] += len(workers) * self.processes * cfg.run.train_ratio / self.batch_steps
+        if counters["owed"] >= 1.0:
+            self.join_ahead()
         while counters["owed"] >= 1.0:
             batch = self.replay.sample(cfg.batch_size // self.processes, cfg.batch_length)
             self.pending.append(self.agent.train(batch, self.train_key()))
@@ -467,7 +503,7 @@ class Trainer:
                 driver(
                     random_policy(self.act_space, self.rng),
                     steps=fill - len(self.replay),
-                    on_step=self.on_step,
+                    on_step=self.prefill_step,
                     on_episode=self.on_episode,
                 )
                 driver.reset_policy_state()  # the agent starts from its initial latent; episodes go on
@@ -508,6 +544,7 @@ class Trainer:
         """Final logs and checkpoint; an error there (e.g. the lfs_dir filled up) still closes the
         logs and the envs."""
         self.progress.close()
+        self.join_ahead()  # no compile left running while the process exits
         try:
             self.write_logs()
             if not self.no_save:

@@ -41,3 +41,33 @@ def test_config_changes_leave_out_the_process_settings():
     old = {"actent": 3e-4, "jax.compile_cache": "auto", "jax.process_id": 0}
     assert config_changes(old, {"actent": 3e-4, "jax.malloc": "auto", "jax.process_id": 1}) == ""
     assert config_changes(old, {"actent": 1e-2, "jax.malloc": "system"}) == " in actent (0.0003 -> 0.01)"
+
+
+def test_the_update_compiles_during_the_prefill_on_the_batches_it_will_get(tmp_path, monkeypatch, recwarn):
+    """`Trainer.prefill_step` lowers the update for a batch built from the first prefill step and
+    compiles it in a thread: its keys, dtypes and shapes must be those of the replay's batches, else
+    the first update compiles again (and the overlap is lost)."""
+    import numpy as np
+
+    from recall2imagine.agent import Agent
+    from recall2imagine.replay.memory import MemoryReplay
+
+    ahead, sampled = [], []
+    lower_update, sample = Agent.lower_update, MemoryReplay.sample
+
+    def record_ahead(self, batch):
+        ahead.append({k: (v.shape, v.dtype) for k, v in batch.items()})
+        return lower_update(self, batch)
+
+    def record_sample(self, *args):
+        batch = sample(self, *args)
+        sampled.append({k: (np.shape(v), np.asarray(v).dtype) for k, v in batch.items()})
+        return batch
+
+    monkeypatch.setattr(Agent, "lower_update", record_ahead)
+    monkeypatch.setattr(MemoryReplay, "sample", record_sample)
+    argv = ["--configs", "popgym", "debug", "--task", "gym_popgym:popgym-RepeatPreviousEasy-v0"]
+    assert train.main(argv + ["--logdir", str(tmp_path), "--run.steps", "128", "--run.eval_eps", "0"]) == 0
+    assert len(ahead) == 1 and sampled, (ahead, sampled)
+    assert ahead[0] == sampled[0]
+    assert not [w for w in recwarn if "donated buffers" in str(w.message)]  # no warning for the user
