@@ -20,8 +20,9 @@ and, per phase: matmul GFLOP (dot and convolution products counted through the j
 their length; elementwise work is not counted), the achieved GFLOP/s, XLA's own cost-analysis FLOPs
 (which count a loop body once), and XLA's buffer assignment (arguments + outputs + temporaries - aliased
 = the phase's peak device memory). A matmul of --peak_size squared float32 matrices gives this
-machine's achievable GFLOP/s for scale. Each length runs on the allocator `r2i-train` would (`--jax.malloc`). The sum of the phases differs from the full update by what
-fusing them in one program saves or costs.
+machine's achievable GFLOP/s for scale. The sum of the phases differs from the full update by what
+fusing them in one program saves or costs. Each length runs on the allocator `r2i-train` would
+(`--jax.malloc`).
 """
 
 import argparse

@@ -326,8 +326,7 @@ class Agent:
 
     def train(self, batch, key):
         """One update on a replay batch (dict of [B, T, ...] numpy arrays). Returns metrics (device)."""
-        batch = self.place.batch({k: v for k, v in batch.items() if not k.startswith("log_")})
-        self._state, metrics = self._train(self.place.replicate(key), self._state, batch)
+        self._state, metrics = self._train(self.place.replicate(key), self._state, self._placed(batch))
         self.acting.updated((self._state.wm, self._state.actor))
         return metrics
 
@@ -335,10 +334,14 @@ class Agent:
         """The update traced and lowered for replay batches shaped like `batch` ({key: [B, T, ...]}
         numpy), not compiled: `.compile()` it (e.g. in a thread while the replay fills) and a later
         `train` on such batches finds the program compiled."""
-        batch = self.place.batch({k: v for k, v in batch.items() if not k.startswith("log_")})
+        key, batch = self.place.replicate(jax.random.PRNGKey(0)), self._placed(batch)
         with warnings.catch_warnings():  # the batch is donated, and no output has its shapes to reuse it
             warnings.filterwarnings("ignore", "Some donated buffers were not usable")
-            return self._train.lower(self.place.replicate(jax.random.PRNGKey(0)), self._state, batch)
+            return self._train.lower(key, self._state, batch)
+
+    def _placed(self, batch):
+        """A replay batch on the update's devices, without its `log_` entries."""
+        return self.place.batch({k: v for k, v in batch.items() if not k.startswith("log_")})
 
     def _train_impl(self, key, state, batch):  # key first: state and batch are donated
         k_wm, k_imag, k_start = jax.random.split(key, 3)

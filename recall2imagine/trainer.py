@@ -387,9 +387,8 @@ class Trainer:
         cfg, counters = self.cfg, self.counters
         self.on_step(tran, workers)
         counters["owed"] += len(workers) * self.processes * cfg.run.train_ratio / self.batch_steps
-        if counters["owed"] >= 1.0:
-            self.join_ahead()
         while counters["owed"] >= 1.0:
+            self.join_ahead()
             batch = self.replay.sample(cfg.batch_size // self.processes, cfg.batch_length)
             self.pending.append(self.agent.train(batch, self.train_key()))
             counters["owed"] -= 1.0
